@@ -1,0 +1,55 @@
+import path from "node:path";
+
+/** Everything the service reads from its environment, parsed and checked once at start-up. */
+export interface Config {
+  /** Address the one HTTP/1.1 + HTTP/2 port binds to. */
+  host: string;
+  port: number;
+  /** PostgreSQL connection string; undefined selects the embedded database. */
+  databaseUrl: string | undefined;
+  /** Folder that holds the embedded database's files. */
+  embeddedDataDir: string;
+  /** Upper bound on open database connections. */
+  databasePoolMax: number;
+}
+
+/** The configuration could not be read; `problems` names every bad variable. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
+  }
+}
+
+/**
+ * Reads and validates the environment. Collects every problem before failing,
+ * so an operator fixes them all in one go instead of one per restart.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const problems: string[] = [];
+
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
+      return fallback;
+    }
+    return value;
+  };
+
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    problems.push("DATABASE_URL must start with postgres:// or postgresql://");
+  }
+
+  const config: Config = {
+    host: env.HOST || "127.0.0.1",
+    port: integer("PORT", 8000, 0, 65535),
+    databaseUrl,
+    embeddedDataDir: path.resolve(env.EMBEDDED_DATA_DIR || "data/pglite"),
+    databasePoolMax: integer("DATABASE_POOL_MAX", 10, 1, 1000),
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}
