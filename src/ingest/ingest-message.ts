@@ -1,5 +1,6 @@
 import { QueryTypes, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
+import { InvalidInputError } from "../errors.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { senderIdentity, type ContactKey } from "../identity/sender-identity.js";
 
@@ -33,6 +34,9 @@ export interface IngestMessageResult {
  * the commit happened.
  */
 export async function ingestMessage(sequelize: Sequelize, input: IngestMessageInput): Promise<IngestMessageResult> {
+  for (const field of ["source", "senderId", "content"] as const) {
+    if (input[field].trim() === "") throw new InvalidInputError(field, "must not be blank");
+  }
   const identity = senderIdentity(input.source, input.senderId);
   return sequelize.transaction(async (transaction) => {
     let contactId: string | null = null;

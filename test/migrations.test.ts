@@ -1,0 +1,112 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { QueryTypes } from "sequelize";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createMigrator } from "../src/db/migrator.js";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { runScript } from "./support/process.js";
+
+let database: TestDatabase;
+
+beforeAll(async () => {
+  database = await createTestDatabase({ migrate: false });
+});
+
+afterAll(async () => {
+  await database?.close();
+});
+
+async function tables(): Promise<string[]> {
+  const rows = await database.sequelize.query<{ tablename: string }>(
+    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'crm_%' AND tablename <> 'crm_schema_migrations' ORDER BY tablename",
+    { type: QueryTypes.SELECT },
+  );
+  return rows.map((row) => row.tablename);
+}
+
+async function indexes(table: string): Promise<string[]> {
+  const rows = await database.sequelize.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE tablename = $1", {
+    bind: [table],
+    type: QueryTypes.SELECT,
+  });
+  return rows.map((row) => row.indexdef);
+}
+
+describe(`migrations (${databaseKind})`, () => {
+  it("go up, down one at a time, and up again", async () => {
+    const migrator = createMigrator(database.sequelize);
+
+    const applied = await migrator.up();
+    expect(applied.map((m) => m.name)).toEqual(["2026.01.03T00.02.contacts-deals", "2026.01.03T00.03.ingest-events"]);
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
+    expect(await indexes("crm_contacts")).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/UNIQUE INDEX crm_contacts_whatsapp_id_key .*\(whatsapp_id\)/),
+        expect.stringMatching(/UNIQUE INDEX crm_contacts_email_key .*\(email\)/),
+      ]),
+    );
+    expect(await migrator.pending()).toEqual([]);
+
+    await migrator.down();
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
+    await migrator.down();
+    expect(await tables()).toEqual([]);
+    expect((await migrator.pending()).length).toBe(2);
+
+    await migrator.up();
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
+  });
+
+  it("refuse a status outside RECEIVED, LINKED and ERROR", async () => {
+    await expect(
+      database.sequelize.query("INSERT INTO crm_ingest_events (source, sender_id, content, status) VALUES ('web', 'x', 'y', 'DONE')"),
+    ).rejects.toThrow(/crm_ingest_events_status_check/);
+  });
+});
+
+describe("npm run migrate", () => {
+  let env: Record<string, string>;
+  let dataDir: string | undefined;
+  let target: TestDatabase | undefined;
+
+  beforeAll(async () => {
+    if (databaseKind === "postgres") {
+      target = await createTestDatabase({ migrate: false, poolMax: 1 });
+      env = { DATABASE_URL: target.url };
+    } else {
+      dataDir = await mkdtemp(path.join(os.tmpdir(), "aurora-migrate-"));
+      env = { DATABASE_URL: "", EMBEDDED_DATA_DIR: dataDir };
+    }
+  });
+
+  afterAll(async () => {
+    await target?.close();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it("applies, reports status, is harmless when run twice, and reverts the last", async () => {
+    const first = await runScript("src/migrate.ts", [], env);
+    expect(first.code).toBe(0);
+    expect(first.output).toContain("applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events");
+    expect(first.output).not.toMatch(/password/i);
+
+    const second = await runScript("src/migrate.ts", ["up"], env);
+    expect(second.code).toBe(0);
+    expect(second.output).toContain("nothing to apply");
+
+    const status = await runScript("src/migrate.ts", ["status"], env);
+    expect(status.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events/);
+
+    const down = await runScript("src/migrate.ts", ["down"], env);
+    expect(down.output).toContain("reverted: 2026.01.03T00.03.ingest-events");
+    const after = await runScript("src/migrate.ts", ["status"], env);
+    expect(after.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\npending\s+2026.01.03T00.03.ingest-events/);
+  });
+
+  it("rejects an unknown command with a non-zero exit", async () => {
+    const result = await runScript("src/migrate.ts", ["sideways"], env);
+    expect(result.code).not.toBe(0);
+    expect(result.output).toContain('unknown command "sideways"');
+  });
+});
