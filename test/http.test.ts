@@ -1,3 +1,4 @@
+import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startTestServer, type TestServer } from "./support/server.js";
@@ -16,7 +17,7 @@ afterAll(async () => {
 });
 
 const countEvents = async () =>
-  (await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: "SELECT" }))[0].n;
+  (await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n;
 
 describe(`HTTP edge cases (${databaseKind})`, () => {
   it.each([

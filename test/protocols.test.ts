@@ -1,3 +1,4 @@
+import { QueryTypes } from "sequelize";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -44,7 +45,7 @@ describe(`IngestService.IngestMessage on one port (${databaseKind})`, () => {
     expect(response.eventStatus).toBe(IngestEventStatus.LINKED);
     const [event] = await database.sequelize.query<any>(
       "SELECT e.content, e.metadata, c.whatsapp_id FROM crm_ingest_events e JOIN crm_contacts c ON c.id = e.contact_id WHERE e.id = $1 AND c.id = $2",
-      { bind: [response.eventId, response.contactId], type: "SELECT" },
+      { bind: [response.eventId, response.contactId], type: QueryTypes.SELECT },
     );
     expect(event).toEqual({ content: `via ${name}`, metadata: { transport: name }, whatsapp_id: sender });
   });
