@@ -18,7 +18,7 @@ afterAll(async () => {
 
 const ingest = (body: unknown) => postJson(server.baseUrl, "/ingest/message", body);
 
-async function rows<T = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
+async function rows<T extends object = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
   return database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
 }
 
