@@ -1,7 +1,12 @@
 import { QueryTypes, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
-import { senderIdentity, type ContactKey } from "../identity/sender-identity.js";
+import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
+
+/** What the command works with: the database, and the settings of the identity rules. */
+export interface IngestDependencies extends IdentityOptions {
+  sequelize: Sequelize;
+}
 
 /** One inbound message, as the RPC handler hands it over. */
 export interface IngestMessageInput {
@@ -32,8 +37,9 @@ export interface IngestMessageResult {
  * a link can never point at a contact that was rolled back. A success means
  * the commit happened.
  */
-export async function ingestMessage(sequelize: Sequelize, input: IngestMessageInput): Promise<IngestMessageResult> {
-  const identity = senderIdentity(input.source, input.senderId);
+export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
+  const { sequelize } = dependencies;
+  const identity = senderIdentity(input.source, input.senderId, dependencies);
   return sequelize.transaction(async (transaction) => {
     let contactId: string | null = null;
     let status: IngestEventStatus = "RECEIVED";
