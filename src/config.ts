@@ -1,4 +1,5 @@
 import path from "node:path";
+import { isPhoneRegion, type PhoneRegion } from "./identity/phone-number.js";
 
 /** Everything the service reads from its environment, parsed and checked once at start-up. */
 export interface Config {
@@ -11,6 +12,8 @@ export interface Config {
   embeddedDataDir: string;
   /** Upper bound on open database connections. */
   databasePoolMax: number;
+  /** Region (ISO 3166-1 alpha-2) whose national numbers a WhatsApp id without country code is read as. */
+  defaultPhoneRegion: PhoneRegion;
 }
 
 /** The configuration could not be read; `problems` names every bad variable. */
@@ -43,12 +46,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     problems.push("DATABASE_URL must start with postgres:// or postgresql://");
   }
 
+  const defaultPhoneRegion = (env.DEFAULT_PHONE_REGION || "BR").toUpperCase();
+  if (!isPhoneRegion(defaultPhoneRegion)) {
+    problems.push(`DEFAULT_PHONE_REGION must be a two-letter region code such as BR or PT, got "${env.DEFAULT_PHONE_REGION}"`);
+  }
+
   const config: Config = {
     host: env.HOST || "127.0.0.1",
     port: integer("PORT", 8000, 0, 65535),
     databaseUrl,
     embeddedDataDir: path.resolve(env.EMBEDDED_DATA_DIR || "data/pglite"),
     databasePoolMax: integer("DATABASE_POOL_MAX", 10, 1, 1000),
+    defaultPhoneRegion: defaultPhoneRegion as PhoneRegion,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;

@@ -17,6 +17,7 @@ async function main(): Promise<void> {
 
   const server = buildServer({
     sequelize: database.sequelize,
+    defaultPhoneRegion: config.defaultPhoneRegion,
     log: (message, error) => console.error(message, error),
   });
   const address = await server.listen(config.port, config.host);

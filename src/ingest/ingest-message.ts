@@ -2,7 +2,12 @@ import { QueryTypes, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { InvalidInputError } from "../errors.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
-import { senderIdentity, type ContactKey } from "../identity/sender-identity.js";
+import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
+
+/** What the command works with: the database, and the settings of the identity rules. */
+export interface IngestDependencies extends IdentityOptions {
+  sequelize: Sequelize;
+}
 
 /** One inbound message, as the RPC handler hands it over. */
 export interface IngestMessageInput {
@@ -33,11 +38,12 @@ export interface IngestMessageResult {
  * a link can never point at a contact that was rolled back. A success means
  * the commit happened.
  */
-export async function ingestMessage(sequelize: Sequelize, input: IngestMessageInput): Promise<IngestMessageResult> {
+export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
   for (const field of ["source", "senderId", "content"] as const) {
     if (input[field].trim() === "") throw new InvalidInputError(field, "must not be blank");
   }
-  const identity = senderIdentity(input.source, input.senderId);
+  const { sequelize } = dependencies;
+  const identity = senderIdentity(input.source, input.senderId, dependencies);
   return sequelize.transaction(async (transaction) => {
     let contactId: string | null = null;
     let status: IngestEventStatus = "RECEIVED";

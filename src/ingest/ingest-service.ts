@@ -1,7 +1,6 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Sequelize } from "sequelize-typescript";
 import { IngestEventStatus, type IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestMessage } from "./ingest-message.js";
+import { ingestMessage, type IngestDependencies } from "./ingest-message.js";
 
 const eventStatusToProto = {
   RECEIVED: IngestEventStatus.RECEIVED,
@@ -10,10 +9,10 @@ const eventStatusToProto = {
 } as const;
 
 /** The IngestService RPC handlers: map the request to the command's input, run it, map the result back. */
-export function createIngestService(sequelize: Sequelize): ServiceImpl<typeof IngestService> {
+export function createIngestService(dependencies: IngestDependencies): ServiceImpl<typeof IngestService> {
   return {
     async ingestMessage(request) {
-      const result = await ingestMessage(sequelize, {
+      const result = await ingestMessage(dependencies, {
         source: request.source,
         senderId: request.senderId,
         content: request.content,

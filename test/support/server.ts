@@ -1,3 +1,4 @@
+import type { PhoneRegion } from "../../src/identity/phone-number.js";
 import { buildServer, type IngestServer } from "../../src/server.js";
 import type { TestDatabase } from "./database.js";
 
@@ -9,9 +10,16 @@ export interface TestServer {
   loggedErrors: unknown[];
 }
 
-export async function startTestServer(database: TestDatabase): Promise<TestServer> {
+export async function startTestServer(
+  database: TestDatabase,
+  options: { defaultPhoneRegion?: PhoneRegion } = {},
+): Promise<TestServer> {
   const loggedErrors: unknown[] = [];
-  const server = buildServer({ sequelize: database.sequelize, log: (_message, error) => loggedErrors.push(error) });
+  const server = buildServer({
+    sequelize: database.sequelize,
+    defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
+    log: (_message, error) => loggedErrors.push(error),
+  });
   const address = await server.listen(0, "127.0.0.1");
   return { baseUrl: `http://127.0.0.1:${address.port}`, server, loggedErrors };
 }
