@@ -1,4 +1,5 @@
 import path from "node:path";
+import pino from "pino";
 import { isPhoneRegion, type PhoneRegion } from "./identity/phone-number.js";
 
 /** Everything the service reads from its environment, parsed and checked once at start-up. */
@@ -14,6 +15,10 @@ export interface Config {
   databasePoolMax: number;
   /** Region (ISO 3166-1 alpha-2) whose national numbers a WhatsApp id without country code is read as. */
   defaultPhoneRegion: PhoneRegion;
+  /** Least severe log level written: a pino level name, or `silent`. */
+  logLevel: string;
+  /** `json` lines, `pretty` for people, or `auto`: pretty when stdout is a terminal. */
+  logFormat: "auto" | "json" | "pretty";
 }
 
 /** The configuration could not be read; `problems` names every bad variable. */
@@ -50,6 +55,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!isPhoneRegion(defaultPhoneRegion)) {
     problems.push(`DEFAULT_PHONE_REGION must be a two-letter region code such as BR or PT, got "${env.DEFAULT_PHONE_REGION}"`);
   }
+  const oneOf = <T extends string>(name: string, fallback: T, allowed: readonly T[]): T => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    if (!(allowed as readonly string[]).includes(raw)) {
+      problems.push(`${name} must be one of ${allowed.join(", ")}, got "${raw}"`);
+      return fallback;
+    }
+    return raw as T;
+  };
 
   const config: Config = {
     host: env.HOST || "127.0.0.1",
@@ -58,6 +72,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     embeddedDataDir: path.resolve(env.EMBEDDED_DATA_DIR || "data/pglite"),
     databasePoolMax: integer("DATABASE_POOL_MAX", 10, 1, 1000),
     defaultPhoneRegion: defaultPhoneRegion as PhoneRegion,
+    logLevel: oneOf("LOG_LEVEL", "info", [...Object.keys(pino.levels.values), "silent"]),
+    logFormat: oneOf("LOG_FORMAT", "auto", ["auto", "json", "pretty"] as const),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;

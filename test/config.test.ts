@@ -1,0 +1,59 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../src/config.js";
+
+const root = path.resolve(import.meta.dirname, "..");
+
+/** The `NAME=value` lines of .env.example, as an environment. */
+async function envExample(): Promise<Record<string, string>> {
+  const text = await readFile(path.join(root, ".env.example"), "utf8");
+  return Object.fromEntries(
+    text
+      .split("\n")
+      .filter((line) => /^[A-Z][A-Z0-9_]*=/.test(line))
+      .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
+  );
+}
+
+/** The names loadConfig reads, found by handing it an environment that records every lookup. */
+function variablesRead(): string[] {
+  const read = new Set<string>();
+  const env = new Proxy({} as NodeJS.ProcessEnv, {
+    get(_target, name) {
+      if (typeof name === "string") read.add(name);
+      return undefined;
+    },
+  });
+  loadConfig(env);
+  return [...read].sort();
+}
+
+describe("configuration", () => {
+  it(".env.example names exactly the variables the service reads", async () => {
+    expect(Object.keys(await envExample()).sort()).toEqual(variablesRead());
+  });
+
+  it(".env.example gives the defaults the service really uses", async () => {
+    expect(loadConfig(await envExample())).toEqual(loadConfig({}));
+  });
+
+  it("reads the log settings", () => {
+    expect(loadConfig({ LOG_LEVEL: "debug", LOG_FORMAT: "json" })).toMatchObject({ logLevel: "debug", logFormat: "json" });
+  });
+
+  it("lists every bad variable at once", () => {
+    let error: unknown;
+    try {
+      loadConfig({ PORT: "-1", LOG_LEVEL: "loud", LOG_FORMAT: "xml" });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).problems).toEqual([
+      'PORT must be an integer from 0 to 65535, got "-1"',
+      'LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent, got "loud"',
+      'LOG_FORMAT must be one of auto, json, pretty, got "xml"',
+    ]);
+  });
+});
