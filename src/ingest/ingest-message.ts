@@ -21,6 +21,8 @@ export interface IngestMessageInput {
 export interface IngestMessageResult {
   eventId: string;
   contactId: string | null;
+  /** True when this message's sender became a new contact. */
+  contactCreated: boolean;
   status: IngestEventStatus;
   error: string | null;
 }
@@ -46,10 +48,11 @@ export async function ingestMessage(dependencies: IngestDependencies, input: Ing
   const identity = senderIdentity(input.source, input.senderId, dependencies);
   return sequelize.transaction(async (transaction) => {
     let contactId: string | null = null;
+    let contactCreated = false;
     let status: IngestEventStatus = "RECEIVED";
     let error: string | null = null;
     if (identity.kind === "contact") {
-      contactId = await findOrCreateContact(sequelize, identity.key, transaction);
+      ({ id: contactId, created: contactCreated } = await findOrCreateContact(sequelize, identity.key, transaction));
       status = "LINKED";
     } else if (identity.kind === "invalid") {
       status = "ERROR";
@@ -59,19 +62,25 @@ export async function ingestMessage(dependencies: IngestDependencies, input: Ing
       { source: input.source, senderId: input.senderId, content: input.content, metadata: input.metadata, contactId, status, error },
       { transaction, returning: ["id"] },
     );
-    return { eventId: event.id, contactId, status, error };
+    return { eventId: event.id, contactId, contactCreated, status, error };
   });
 }
 
 /**
- * Returns the id of the contact with this key, creating it if there is none.
+ * Returns the id of the contact with this key, creating it if there is none,
+ * and whether it was created here.
  * The unique index on the key column decides races: a concurrent insert of
  * the same key makes ours do nothing (after waiting for the other to commit),
  * and we read the winner's row instead. The read runs with the INSERT's
  * snapshot, which may predate the winner's commit, so an empty answer is
- * retried once more with a fresh snapshot.
+ * retried once more with a fresh snapshot. That snapshot also hides the row
+ * the INSERT adds, so exactly one branch answers and `created` says which.
  */
-async function findOrCreateContact(sequelize: Sequelize, key: ContactKey, transaction: Transaction): Promise<string> {
+async function findOrCreateContact(
+  sequelize: Sequelize,
+  key: ContactKey,
+  transaction: Transaction,
+): Promise<{ id: string; created: boolean }> {
   // The column name comes from a fixed union, never from the request.
   const sql = `
     WITH inserted AS (
@@ -79,13 +88,13 @@ async function findOrCreateContact(sequelize: Sequelize, key: ContactKey, transa
       ON CONFLICT (${key.column}) DO NOTHING
       RETURNING id
     )
-    SELECT id FROM inserted
+    SELECT id, true AS created FROM inserted
     UNION ALL
-    SELECT id FROM crm_contacts WHERE ${key.column} = $1
+    SELECT id, false AS created FROM crm_contacts WHERE ${key.column} = $1
     LIMIT 1`;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const rows = await sequelize.query<{ id: string }>(sql, { bind: [key.value], type: QueryTypes.SELECT, transaction });
-    if (rows.length > 0) return rows[0].id;
+    const rows = await sequelize.query<{ id: string; created: boolean }>(sql, { bind: [key.value], type: QueryTypes.SELECT, transaction });
+    if (rows.length > 0) return rows[0];
   }
   throw new Error(`contact for ${key.column} could not be found or created`);
 }
