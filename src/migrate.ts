@@ -4,7 +4,7 @@
  */
 import { ConfigError, loadConfig } from "./config.js";
 import { openDatabase } from "./db/database.js";
-import { createMigrator } from "./db/migrator.js";
+import { createMigrator, describeSchema, schemaStatus } from "./db/migrator.js";
 
 async function main(command: string): Promise<void> {
   const config = loadConfig();
@@ -27,6 +27,7 @@ async function main(command: string): Promise<void> {
     } else {
       throw new Error(`unknown command "${command}": use up, down or status`);
     }
+    console.log(`schema version: ${describeSchema(await schemaStatus(migrator))}`);
   } finally {
     await database.close();
   }

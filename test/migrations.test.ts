@@ -97,11 +97,15 @@ describe("npm run migrate", () => {
 
     const status = await runScript("src/migrate.ts", ["status"], env);
     expect(status.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events/);
+    const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
+    expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
+    expect(status.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 0 pending)");
 
     const down = await runScript("src/migrate.ts", ["down"], env);
     expect(down.output).toContain("reverted: 2026.01.03T00.03.ingest-events");
     const after = await runScript("src/migrate.ts", ["status"], env);
     expect(after.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\npending\s+2026.01.03T00.03.ingest-events/);
+    expect(after.output).toContain("schema version: 2026.01.03T00.02.contacts-deals (1 applied, 1 pending)");
   });
 
   it("rejects an unknown command with a non-zero exit", async () => {

@@ -24,3 +24,23 @@ export function createMigrator(sequelize: Sequelize, logger: Umzug["options"]["l
     logger,
   });
 }
+
+/** Where a database's schema stands: the last applied migration and those still to apply. */
+export interface SchemaStatus {
+  /** Name of the last applied migration; null before the first. */
+  version: string | null;
+  applied: number;
+  pending: string[];
+}
+
+/** Reads the schema status through a migrator, for start-up lines, `migrate status` and readiness. */
+export async function schemaStatus(migrator: ReturnType<typeof createMigrator>): Promise<SchemaStatus> {
+  const executed = await migrator.executed();
+  const pending = await migrator.pending();
+  return { version: executed.at(-1)?.name ?? null, applied: executed.length, pending: pending.map((m) => m.name) };
+}
+
+/** One line for operators: `2026.01.03T00.03.ingest-events (2 applied, 0 pending)`. */
+export function describeSchema(status: SchemaStatus): string {
+  return `${status.version ?? "empty"} (${status.applied} applied, ${status.pending.length} pending)`;
+}
