@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ConnectionError, DatabaseError } from "sequelize";
+import { requestLoggerKey, type Logger } from "./observability/logger.js";
 
 /** The request itself is wrong: the caller must change it before retrying. */
 export class InvalidInputError extends Error {
@@ -11,20 +12,17 @@ export class InvalidInputError extends Error {
   }
 }
 
-/** Something the service logs when an error is not the client's fault. */
-export type ErrorLogger = (message: string, error: unknown) => void;
-
 /**
  * The one place that turns errors into Connect codes. Client mistakes say
  * what was wrong; a database we cannot reach is `Unavailable` (the client may
  * retry); anything else is `Internal`, logged with its cause and never sent
  * to the client.
  */
-export function toConnectError(error: unknown, log: ErrorLogger): ConnectError {
+export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof InvalidInputError) return new ConnectError(error.message, Code.InvalidArgument);
   if (error instanceof ConnectionError) {
-    log("database unreachable", error);
+    log.warn({ err: error }, "database unreachable");
     return new ConnectError("database unavailable, retry later", Code.Unavailable);
   }
   if (error instanceof DatabaseError) {
@@ -35,21 +33,36 @@ export function toConnectError(error: unknown, log: ErrorLogger): ConnectError {
     // Class 08 (connection exception) and 57P (operator intervention: the
     // server is shutting down or restarting) are transient.
     if (sqlState.startsWith("08") || sqlState.startsWith("57P")) {
-      log("database unavailable", error);
+      log.warn({ err: error }, "database unavailable");
       return new ConnectError("database unavailable, retry later", Code.Unavailable);
     }
   }
-  log("internal error", error);
+  log.error({ err: error }, "internal error");
   return new ConnectError("internal error", Code.Internal);
 }
 
-/** Interceptor that applies `toConnectError` to whatever a handler throws. */
-export function errorInterceptor(log: ErrorLogger): Interceptor {
+/**
+ * Interceptor that applies `toConnectError` to whatever a handler throws,
+ * including errors raised while a response stream is being produced. Logs go
+ * to the request's logger when there is one.
+ */
+export function errorInterceptor(logger: Logger): Interceptor {
   return (next) => async (request) => {
+    const log = request.contextValues.get(requestLoggerKey) ?? logger;
     try {
-      return await next(request);
+      const response = await next(request);
+      if (!response.stream) return response;
+      return { ...response, message: mapStreamErrors(response.message, log) };
     } catch (error) {
       throw toConnectError(error, log);
     }
   };
+}
+
+async function* mapStreamErrors<T>(messages: AsyncIterable<T>, log: Logger): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (error) {
+    throw toConnectError(error, log);
+  }
 }

@@ -1,35 +1,48 @@
 /**
- * Entry point: configuration, then the database, then the server, then the
- * signals that stop it.
+ * Entry point: configuration, then the logger, the database, the metrics and
+ * the server, then the signals that stop it.
  */
-import { ConfigError, loadConfig } from "./config.js";
+import { Registry } from "prom-client";
+import { ConfigError, loadConfig, type Config } from "./config.js";
 import { openDatabase, type Database } from "./db/database.js";
-import { createMigrator } from "./db/migrator.js";
+import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
+import { DatabaseHealth } from "./health/database-health.js";
+import { createLogger, type Logger } from "./observability/logger.js";
+import { createMetrics } from "./observability/metrics.js";
 import { buildServer } from "./server.js";
 
-async function main(): Promise<void> {
-  const config = loadConfig();
+async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
     config.databaseUrl ? { kind: "postgres", url: config.databaseUrl } : { kind: "embedded", dataDir: config.embeddedDataDir },
     { poolMax: config.databasePoolMax },
   );
-  await prepareSchema(database);
+  // Every start-up line names the database (never its password) and, once known, the schema version.
+  const startLog = log.child({ database: database.description });
+  const schema = await prepareSchema(database, startLog);
+  const readyLog = startLog.child({ schemaVersion: schema.version });
 
+  const health = new DatabaseHealth({ sequelize: database.sequelize, log });
+  const metrics = createMetrics(new Registry(), database.sequelize);
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
-    log: (message, error) => console.error(message, error),
+    health,
+    log,
+    metrics,
   });
   const address = await server.listen(config.port, config.host);
-  console.log(`aurora-crm-ingest listening on http://${address.address}:${address.port} (${database.description})`);
+  readyLog.info(
+    `aurora-crm-ingest listening on http://${address.address}:${address.port} (${database.description}, schema ${describeSchema(schema)})`,
+  );
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    console.log(`${signal} received: finishing requests in flight`);
+    readyLog.info(`${signal} received: reporting NOT_SERVING, finishing requests in flight`);
     await server.close();
     await database.close();
+    readyLog.info("stopped");
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
@@ -41,25 +54,37 @@ async function main(): Promise<void> {
  * A PostgreSQL server is shared and migrated by its deployer
  * (`npm run migrate`); we refuse to serve an outdated schema.
  */
-async function prepareSchema(database: Database): Promise<void> {
-  const migrator = createMigrator(database.sequelize);
-  if (database.kind === "embedded") {
-    await migrator.up();
-    return;
-  }
-  const pending = await migrator.pending();
-  if (pending.length > 0) {
+async function prepareSchema(database: Database, log: Logger): Promise<SchemaStatus> {
+  const migrator = createMigrator(database.sequelize, {
+    info: (event) => log.info({ migration: event.name }, `migration ${String(event.event)}`),
+    warn: (event) => log.warn({ migration: event.name }, `migration ${String(event.event)}`),
+    error: (event) => log.error({ migration: event.name }, `migration ${String(event.event)}`),
+    debug: () => undefined,
+  });
+  if (database.kind === "embedded") await migrator.up();
+  const status = await schemaStatus(migrator);
+  if (status.pending.length > 0) {
     await database.close();
     throw new StartupError(
-      `${database.description} has ${pending.length} pending migration(s): ${pending.map((m) => m.name).join(", ")}.\n` +
+      `${database.description} has ${status.pending.length} pending migration(s): ${status.pending.join(", ")}.\n` +
         "Run `npm run migrate` against this DATABASE_URL, then start again.",
     );
   }
+  return status;
 }
 
 class StartupError extends Error {}
 
-main().catch((error: unknown) => {
-  console.error(error instanceof ConfigError || error instanceof StartupError ? error.message : error);
+let config: Config;
+try {
+  config = loadConfig();
+} catch (error) {
+  console.error(error instanceof ConfigError ? error.message : error);
+  process.exit(1);
+}
+const log = createLogger({ level: config.logLevel, format: config.logFormat });
+main(config, log).catch((error: unknown) => {
+  if (error instanceof StartupError) log.fatal(error.message);
+  else log.fatal({ err: error }, "start-up failed");
   process.exit(1);
 });

@@ -4,8 +4,14 @@ import type { AddressInfo, Socket } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createServer } from "@httptoolkit/httpolyglot";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { errorInterceptor, type ErrorLogger } from "./errors.js";
-import { routes, type ServiceDependencies } from "./routes.js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { errorInterceptor } from "./errors.js";
+import { createHttpProbes, HTTP_PROBE_ROUTES } from "./health/http-probes.js";
+import type { Logger } from "./observability/logger.js";
+import type { Metrics } from "./observability/metrics.js";
+import { createRequestObserver } from "./observability/request-observer.js";
+import { REFLECTION_SERVICES } from "./reflection/reflection-service.js";
+import { routes, SERVICES, type ServiceDependencies } from "./routes.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -15,13 +21,14 @@ export const PLAIN_INGEST_PATH = "/ingest/message";
 const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
 
 export interface ServerOptions extends ServiceDependencies {
-  log: ErrorLogger;
+  log: Logger;
+  metrics: Metrics;
 }
 
 /** A running server: where it listens and how to stop it. */
 export interface IngestServer {
   listen(port: number, host: string): Promise<AddressInfo>;
-  /** Stops accepting, lets requests in flight finish (up to `graceMs`), then closes every connection. */
+  /** Reports NOT_SERVING, stops accepting, lets requests in flight finish (up to `graceMs`), then closes every connection. */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -31,13 +38,24 @@ export interface IngestServer {
  * and plain curl all reach the same handlers.
  */
 export function buildServer(options: ServerOptions): IngestServer {
-  const interceptors = [errorInterceptor(options.log)];
-  const connectHandler = connectNodeAdapter({ routes: routes(options), interceptors });
+  // One log line and the metrics for every request; probes and scrapes log at debug.
+  const observer = createRequestObserver({
+    logger: options.log,
+    metrics: options.metrics,
+    services: [...SERVICES, ...REFLECTION_SERVICES],
+    httpRoutes: HTTP_PROBE_ROUTES,
+    quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
+  });
+  const probes = createHttpProbes(options.health, options.metrics);
+  const interceptors = [observer.interceptor, errorInterceptor(options.log)];
+  const contextValues = observer.contextValues;
+  const connectHandler = connectNodeAdapter({ routes: routes(options), interceptors, contextValues });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, as the earlier version did.
   const plainJsonHandler = connectNodeAdapter({
     routes: routes(options),
     interceptors,
+    contextValues,
     jsonOptions: { useProtoFieldName: true, alwaysEmitImplicit: true },
   });
 
@@ -46,10 +64,12 @@ export function buildServer(options: ServerOptions): IngestServer {
   const sockets = new Set<Socket>();
 
   const server = createServer((req: Request, res: Response) => {
+    observer.begin(req, res);
     inFlight++;
     res.once("close", () => {
       if (--inFlight === 0) drained?.();
     });
+    if (probes(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
       req.url = INGEST_MESSAGE_PATH;
       plainJsonHandler(req, res);
@@ -73,6 +93,8 @@ export function buildServer(options: ServerOptions): IngestServer {
       });
     },
     async close(graceMs = 30_000) {
+      // Health reports NOT_SERVING first, which also ends open Watch streams.
+      options.health.shutdown();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       if (inFlight > 0) {
         await new Promise<void>((resolve) => {

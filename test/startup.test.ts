@@ -30,6 +30,19 @@ describe("npm start", () => {
     expect(status).toBe(200);
     expect(body.status).toBe("persisted");
 
+    // Start-up lines are JSON (stdout is no terminal here), and each names the database;
+    // the one that says where the service listens also names the schema version.
+    const lines = service
+      .output()
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line));
+    const listening = lines.findIndex((line) => /listening on/.test(line.msg));
+    expect(listening).toBeGreaterThan(0);
+    for (const line of lines.slice(0, listening + 1)) expect(line.database).toBe(`embedded ${dataDir}`);
+    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.03T00.03.ingest-events" });
+    expect(lines[listening].msg).toContain("schema 2026.01.03T00.03.ingest-events (2 applied, 0 pending)");
+
     service.child.kill("SIGTERM");
     expect(await exited).toBe(0);
   });

@@ -1,6 +1,6 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
 import { IngestEventStatus, type IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestMessage, type IngestDependencies } from "./ingest-message.js";
+import { ingestMessage, type IngestDependencies, type IngestMessageResult } from "./ingest-message.js";
 
 const eventStatusToProto = {
   RECEIVED: IngestEventStatus.RECEIVED,
@@ -8,16 +8,22 @@ const eventStatusToProto = {
   ERROR: IngestEventStatus.ERROR,
 } as const;
 
+/** The ingest command's result for the current request, left for request logs and metrics. */
+export const ingestResultKey = createContextKey<IngestMessageResult | undefined>(undefined, {
+  description: "result of the ingest command",
+});
+
 /** The IngestService RPC handlers: map the request to the command's input, run it, map the result back. */
 export function createIngestService(dependencies: IngestDependencies): ServiceImpl<typeof IngestService> {
   return {
-    async ingestMessage(request) {
+    async ingestMessage(request, context) {
       const result = await ingestMessage(dependencies, {
         source: request.source,
         senderId: request.senderId,
         content: request.content,
         metadata: request.metadata ?? {},
       });
+      context.values.set(ingestResultKey, result);
       return {
         eventId: result.eventId,
         contactId: result.contactId ?? "",

@@ -1,27 +1,62 @@
+import { Registry } from "prom-client";
+import type { Sequelize } from "sequelize-typescript";
+import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/health/database-health.js";
 import type { PhoneRegion } from "../../src/identity/phone-number.js";
+import { createLogger } from "../../src/observability/logger.js";
+import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
 import { buildServer, type IngestServer } from "../../src/server.js";
-import type { TestDatabase } from "./database.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */
 export interface TestServer {
   baseUrl: string;
   server: IngestServer;
-  /** Errors the server logged, so tests can assert nothing unexpected happened. */
-  loggedErrors: unknown[];
+  health: DatabaseHealth;
+  metrics: Metrics;
+  /** Every line the server logged (at every level), parsed, in order. */
+  logLines: Array<Record<string, any>>;
+  /** The raw text the server logged, for "never appears" assertions. */
+  logText(): string;
+  /** Lines logged at error or above, so tests can assert nothing unexpected happened. */
+  readonly loggedErrors: Array<Record<string, any>>;
 }
 
+/** Starts a server with its own logger (into memory, every level), metrics registry and health. */
 export async function startTestServer(
-  database: TestDatabase,
-  options: { defaultPhoneRegion?: PhoneRegion } = {},
+  database: { sequelize: Sequelize },
+  options: { defaultPhoneRegion?: PhoneRegion; health?: Partial<DatabaseHealthOptions> } = {},
 ): Promise<TestServer> {
-  const loggedErrors: unknown[] = [];
+  const raw: string[] = [];
+  const logLines: Array<Record<string, any>> = [];
+  const log = createLogger({
+    level: "trace",
+    destination: {
+      write(line: string) {
+        raw.push(line);
+        logLines.push(JSON.parse(line));
+      },
+    },
+  });
+  const health = new DatabaseHealth({ sequelize: database.sequelize, log, ...options.health });
+  const metrics = createMetrics(new Registry(), database.sequelize);
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
-    log: (_message, error) => loggedErrors.push(error),
+    health,
+    log,
+    metrics,
   });
   const address = await server.listen(0, "127.0.0.1");
-  return { baseUrl: `http://127.0.0.1:${address.port}`, server, loggedErrors };
+  return {
+    baseUrl: `http://127.0.0.1:${address.port}`,
+    server,
+    health,
+    metrics,
+    logLines,
+    logText: () => raw.join(""),
+    get loggedErrors() {
+      return logLines.filter((line) => line.level >= 50);
+    },
+  };
 }
 
 /** POSTs JSON to a path and returns the status and parsed body. */

@@ -1,0 +1,89 @@
+import { createContextKey } from "@connectrpc/connect";
+import { pino, type DestinationStream, type Logger } from "pino";
+import pretty from "pino-pretty";
+
+export type { Logger };
+
+export interface LoggerOptions {
+  /** A pino level name, or `silent`. */
+  level: string;
+  /** `json` lines, `pretty` for people, or `auto`: pretty when stdout is a terminal. */
+  format?: "auto" | "json" | "pretty";
+  /** Where lines go instead of stdout (tests pass an in-memory stream). */
+  destination?: DestinationStream;
+}
+
+/** Keys that hold personal data wherever they appear in a log object. */
+const PERSONAL_KEYS = ["content", "metadata", "senderId", "sender_id"];
+
+/**
+ * Creates the service's logger: one JSON object per line, or coloured
+ * readable lines when a person watches a terminal. Created by the entry point
+ * and handed to whatever logs.
+ *
+ * Personal data (LGPD): message `content`, `metadata` and full sender ids are
+ * never passed to the logger above debug. As a second line of defence those
+ * keys are redacted wherever they appear at the top level or one level down,
+ * and errors are reduced to type, message, code and stack, because database
+ * errors carry the failed statement's parameters.
+ */
+export function createLogger(options: LoggerOptions): Logger {
+  const format = options.format ?? "auto";
+  const human = format === "pretty" || (format === "auto" && !options.destination && process.stdout.isTTY === true);
+  const destination =
+    options.destination ?? (human ? pretty({ colorize: true, singleLine: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service" }) : undefined);
+  return pino(
+    {
+      level: options.level,
+      base: { service: "aurora-crm-ingest" },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      serializers: { err: serializeError },
+      redact: {
+        paths: PERSONAL_KEYS.flatMap((key) => [key, `*.${key}`]),
+        censor: "[redacted]",
+      },
+    },
+    destination ?? pino.destination({ dest: 1, sync: true }),
+  );
+}
+
+
+/** The request's logger (bound to its request id), for code that logs on a request's behalf. */
+export const requestLoggerKey = createContextKey<Logger | undefined>(undefined, { description: "logger of the current request" });
+
+/**
+ * Masks a sender id for logs: seven asterisks and its last four characters
+ * (`*******9999`), enough to tell senders apart when tracing, not enough to
+ * identify anyone. Ids shorter than eight characters are masked whole.
+ */
+export function maskSenderId(senderId: string): string {
+  const id = senderId.trim();
+  return id.length < 8 ? "********" : `*******${id.slice(-4)}`;
+}
+
+interface SerializedError {
+  type: string;
+  message: string;
+  code?: string;
+  stack?: string;
+  cause?: SerializedError;
+}
+
+/**
+ * Keeps what an operator needs from an error (type, message, SQLSTATE or
+ * system code, stack, cause) and drops the rest: Sequelize and pg errors carry
+ * the statement's bound parameters (message content, sender ids) and `detail`
+ * lines that quote stored values.
+ */
+export function serializeError(error: unknown, depth = 0): SerializedError {
+  if (!(error instanceof Error)) return { type: typeof error, message: String(error) };
+  const code = (error as { code?: unknown }).code ?? (error as { original?: { code?: unknown } }).original?.code;
+  const cause = (error as { cause?: unknown }).cause ?? (error as { original?: unknown }).original;
+  return {
+    type: error.constructor?.name ?? error.name,
+    message: error.message,
+    ...(code !== undefined && { code: String(code) }),
+    stack: error.stack,
+    ...(cause !== undefined && cause !== error && depth < 3 && { cause: serializeError(cause, depth + 1) }),
+  };
+}

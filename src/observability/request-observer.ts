@@ -1,0 +1,183 @@
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { isMessage, type DescService } from "@bufbuild/protobuf";
+import { ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import { ingestResultKey } from "../ingest/ingest-service.js";
+import { maskSenderId, requestLoggerKey, type Logger } from "./logger.js";
+import type { Metrics } from "./metrics.js";
+
+type Request = IncomingMessage | Http2ServerRequest;
+type Response = ServerResponse | Http2ServerResponse;
+
+/** The header that carries a request's id, in and out. */
+export const REQUEST_ID_HEADER = "x-request-id";
+
+/** What is known about one request by the time its response ends. */
+interface RequestRecord {
+  id: string;
+  log: Logger;
+  /** `/package.Service/Method`, once a Connect handler took the request. */
+  procedure?: string;
+  /** Connect code as a string (`ok`, `invalid_argument`, …), once known. */
+  code?: string;
+  /** Safe, non-personal facts handlers left for the log line. */
+  fields: Record<string, unknown>;
+}
+
+const requestRecordKey = createContextKey<RequestRecord | undefined>(undefined, { description: "request being observed" });
+
+/** Codes that mean the service, not the caller, has a problem: logged as warnings. */
+const SERVER_FAULTS = new Set(["unknown", "internal", "unavailable", "data_loss", "deadline_exceeded"]);
+
+export interface RequestObserverOptions {
+  logger: Logger;
+  metrics: Metrics;
+  /** Services on the Connect router, so requests they reject before any handler runs still get their procedure. */
+  services: DescService[];
+  /** Plain HTTP routes, counted under their path; any other path counts as `unmatched`. */
+  httpRoutes: string[];
+  /** Procedures and routes that probes and scrapers call all day: logged at debug, not info. */
+  quiet: string[];
+}
+
+/** Watches every request: gives it an id, and when its response ends writes one log line and updates the metrics. */
+export interface RequestObserver {
+  /** Call first for every request: assigns the request id and echoes it in the response. */
+  begin(req: Request, res: Response): void;
+  /** Context values for Connect handlers: the request's record and logger. */
+  contextValues(req: Request): ContextValues;
+  /** Records the procedure, the outcome and the ingest result; goes outermost. */
+  interceptor: Interceptor;
+}
+
+/**
+ * One log line per request with procedure, protocol, code, duration, request
+ * id and, for ingest, the event id and masked sender; never the message
+ * content, its metadata or a full sender id.
+ */
+export function createRequestObserver(options: RequestObserverOptions): RequestObserver {
+  const { logger, metrics } = options;
+  const procedures = new Set(options.services.flatMap((service) => service.methods.map((m) => `/${service.typeName}/${m.name}`)));
+  const httpRoutes = new Set(options.httpRoutes);
+  const quiet = new Set(options.quiet);
+  const records = new WeakMap<Request, RequestRecord>();
+
+  return {
+    begin(req, res) {
+      const started = process.hrtime.bigint();
+      const incoming = req.headers[REQUEST_ID_HEADER];
+      const id = typeof incoming === "string" && /^[\w.:@/+=-]{1,128}$/.test(incoming) ? incoming : randomUUID();
+      const record: RequestRecord = { id, log: logger.child({ requestId: id }), fields: {} };
+      records.set(req, record);
+      res.setHeader(REQUEST_ID_HEADER, id);
+      const path = (req.url ?? "/").split("?")[0];
+      const contentType = String(req.headers["content-type"] ?? "");
+
+      res.once("close", () => {
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        // Connect may answer before any handler runs (bad JSON, wrong content
+        // type); the server may have rewritten the URL to the procedure's.
+        const target = (req.url ?? "/").split("?")[0];
+        const procedure = record.procedure ?? (procedures.has(target) ? target : undefined);
+        const protocol = procedure ? protocolOf(contentType) : "http";
+        const code = procedure
+          ? (record.code ?? (res.writableFinished ? codeFromHttpStatus(res.statusCode) : "canceled"))
+          : String(res.statusCode);
+        const label = procedure ?? (httpRoutes.has(path) ? path : "unmatched");
+        metrics.requests.inc({ procedure: label, protocol, code });
+        metrics.requestDuration.observe({ procedure: label, protocol }, seconds);
+
+        const level = quiet.has(label) ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
+        record.log[level](
+          {
+            method: req.method,
+            ...(path !== procedure && { path }),
+            ...(procedure && { procedure }),
+            protocol,
+            code,
+            httpStatus: res.statusCode,
+            durationMs: Math.round(seconds * 10_000) / 10,
+            ...record.fields,
+          },
+          `${req.method} ${path} ${code}`,
+        );
+      });
+    },
+
+    contextValues(req) {
+      const record = records.get(req);
+      const values = createContextValues();
+      return record ? values.set(requestRecordKey, record).set(requestLoggerKey, record.log) : values;
+    },
+
+    interceptor: (next) => async (req) => {
+      const record = req.contextValues.get(requestRecordKey);
+      if (!record) return next(req);
+      record.procedure = `/${req.service.typeName}/${req.method.name}`;
+      if (!req.stream && isMessage(req.message, IngestMessageRequestSchema)) {
+        record.fields.source = req.message.source;
+        record.fields.sender = maskSenderId(req.message.senderId);
+      }
+      try {
+        const res = await next(req);
+        const ingested = req.contextValues.get(ingestResultKey);
+        if (ingested) {
+          Object.assign(record.fields, { eventId: ingested.eventId, eventStatus: ingested.status });
+          metrics.eventsStored.inc({ status: ingested.status });
+          if (ingested.contactCreated) metrics.contactsCreated.inc();
+        }
+        if (!res.stream) {
+          record.code = "ok";
+          return res;
+        }
+        return { ...res, message: observeStream(res.message, record) };
+      } catch (error) {
+        record.code = codeToString(ConnectError.from(error).code);
+        throw error;
+      }
+    },
+  };
+}
+
+async function* observeStream<T>(messages: AsyncIterable<T>, record: RequestRecord): AsyncIterable<T> {
+  try {
+    yield* messages;
+    record.code = "ok";
+  } catch (error) {
+    record.code = codeToString(ConnectError.from(error).code);
+    throw error;
+  }
+}
+
+/** The RPC protocol, told by the request's content type. */
+function protocolOf(contentType: string): "grpc" | "grpc-web" | "connect" {
+  if (contentType.startsWith("application/grpc-web")) return "grpc-web";
+  if (contentType.startsWith("application/grpc")) return "grpc";
+  return "connect";
+}
+
+/**
+ * The code of a request answered before any handler ran (a malformed body,
+ * a wrong content type or method, a refused credential), from its HTTP status.
+ */
+function codeFromHttpStatus(status: number): string {
+  if (status < 300) return "ok";
+  return HTTP_STATUS_CODES[status] ?? (status < 500 ? "failed_precondition" : "internal");
+}
+
+const HTTP_STATUS_CODES: Record<number, string> = {
+  400: "invalid_argument",
+  401: "unauthenticated",
+  403: "permission_denied",
+  404: "unimplemented",
+  405: "unimplemented",
+  408: "deadline_exceeded",
+  413: "resource_exhausted",
+  415: "unimplemented",
+  429: "resource_exhausted",
+  503: "unavailable",
+  504: "deadline_exceeded",
+};
