@@ -1,5 +1,5 @@
 import path from "node:path";
-import pino from "pino";
+import { pino } from "pino";
 import { isPhoneRegion, type PhoneRegion } from "./identity/phone-number.js";
 
 /** Everything the service reads from its environment, parsed and checked once at start-up. */
