@@ -81,7 +81,15 @@ describe(`gRPC server reflection (${databaseKind})`, () => {
 
     const names = (r: (typeof responses)[number]) =>
       r.case === "fileDescriptorResponse" ? r.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b).name) : r.case;
-    expect(names(responses[0])).toEqual(["aurora/crm/v1/ingest_service.proto", "google/protobuf/struct.proto"]);
+    expect(names(responses[0])).toEqual([
+      "aurora/crm/v1/ingest_service.proto",
+      "buf/validate/validate.proto",
+      "google/protobuf/descriptor.proto",
+      "google/protobuf/duration.proto",
+      "google/protobuf/field_mask.proto",
+      "google/protobuf/timestamp.proto",
+      "google/protobuf/struct.proto",
+    ]);
     // The file asked for always comes; imports already sent on this stream do not.
     expect(names(responses[1])).toEqual(["google/protobuf/struct.proto"]);
     expect(responses[2]).toMatchObject({ case: "errorResponse", value: { errorCode: 5 } });

@@ -4,6 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -11,18 +12,26 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file aurora/crm/v1/ingest_service.proto.
  */
 export const file_aurora_crm_v1_ingest_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJhdXJvcmEvY3JtL3YxL2luZ2VzdF9zZXJ2aWNlLnByb3RvEg1hdXJvcmEuY3JtLnYxInUKFEluZ2VzdE1lc3NhZ2VSZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIRCglzZW5kZXJfaWQYAiABKAkSDwoHY29udGVudBgDIAEoCRIpCghtZXRhZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QilAEKFUluZ2VzdE1lc3NhZ2VSZXNwb25zZRIQCghldmVudF9pZBgBIAEoCRISCgpjb250YWN0X2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRI2CgxldmVudF9zdGF0dXMYBCABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzEg0KBWVycm9yGAUgASgJKpkBChFJbmdlc3RFdmVudFN0YXR1cxIjCh9JTkdFU1RfRVZFTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIAocSU5HRVNUX0VWRU5UX1NUQVRVU19SRUNFSVZFRBABEh4KGklOR0VTVF9FVkVOVF9TVEFUVVNfTElOS0VEEAISHQoZSU5HRVNUX0VWRU5UX1NUQVRVU19FUlJPUhADMmsKDUluZ2VzdFNlcnZpY2USWgoNSW5nZXN0TWVzc2FnZRIjLmF1cm9yYS5jcm0udjEuSW5nZXN0TWVzc2FnZVJlcXVlc3QaJC5hdXJvcmEuY3JtLnYxLkluZ2VzdE1lc3NhZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct]);
+  fileDesc("CiJhdXJvcmEvY3JtL3YxL2luZ2VzdF9zZXJ2aWNlLnByb3RvEg1hdXJvcmEuY3JtLnYxIsQDChRJbmdlc3RNZXNzYWdlUmVxdWVzdBIxCgZzb3VyY2UYASABKAlCIbpIHsgBAXIZMhdeW2Etel1bYS16MC05Xy1dezAsMzF9JBJoCglzZW5kZXJfaWQYAiABKAlCVbpIUroBTAoQc3RyaW5nLm5vdF9ibGFuaxIRbXVzdCBub3QgYmUgYmxhbmsaJXRoaXMubWF0Y2hlcyhyJ1teXHNcdlxwe1p9XHh7RkVGRn1dJynIAQESZgoHY29udGVudBgDIAEoCUJVukhSugFMChBzdHJpbmcubm90X2JsYW5rEhFtdXN0IG5vdCBiZSBibGFuaxoldGhpcy5tYXRjaGVzKHInW15cc1x2XHB7Wn1ceHtGRUZGfV0nKcgBARIpCghtZXRhZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSbAoLZXh0ZXJuYWxfaWQYBSABKAlCUrpIT7oBTAoQc3RyaW5nLm5vdF9ibGFuaxIRbXVzdCBub3QgYmUgYmxhbmsaJXRoaXMubWF0Y2hlcyhyJ1teXHNcdlxwe1p9XHh7RkVGRn1dJylIAIgBAUIOCgxfZXh0ZXJuYWxfaWQipwEKFUluZ2VzdE1lc3NhZ2VSZXNwb25zZRIQCghldmVudF9pZBgBIAEoCRISCgpjb250YWN0X2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRI2CgxldmVudF9zdGF0dXMYBCABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzEg0KBWVycm9yGAUgASgJEhEKCWR1cGxpY2F0ZRgGIAEoCCqZAQoRSW5nZXN0RXZlbnRTdGF0dXMSIwofSU5HRVNUX0VWRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEiAKHElOR0VTVF9FVkVOVF9TVEFUVVNfUkVDRUlWRUQQARIeChpJTkdFU1RfRVZFTlRfU1RBVFVTX0xJTktFRBACEh0KGUlOR0VTVF9FVkVOVF9TVEFUVVNfRVJST1IQAzJrCg1Jbmdlc3RTZXJ2aWNlEloKDUluZ2VzdE1lc3NhZ2USIy5hdXJvcmEuY3JtLnYxLkluZ2VzdE1lc3NhZ2VSZXF1ZXN0GiQuYXVyb3JhLmNybS52MS5Jbmdlc3RNZXNzYWdlUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_struct]);
 
 /**
  * IngestMessageRequest is one inbound message as a channel gateway delivers it.
+ *
+ * The rules annotated here are the fixed shape of a request. The size limits
+ * (sender_id and external_id at most 320 characters, content at most 256 KiB
+ * of UTF-8, metadata at most 64 KiB as JSON and 10 levels deep, by default)
+ * are set by the service's configuration and enforced by the service, as is
+ * the rule that no text contains a NUL character or an unpaired UTF-16
+ * surrogate; their violations are reported in the same form.
  *
  * @generated from message aurora.crm.v1.IngestMessageRequest
  */
 export type IngestMessageRequest = Message<"aurora.crm.v1.IngestMessageRequest"> & {
   /**
    * The channel the message came from, as a lower-case token such as
-   * "whatsapp", "email" or "web". WhatsApp and e-mail senders are resolved to
-   * contacts; other sources are stored without a contact.
+   * "whatsapp", "email" or "web": a letter, then up to 31 letters, digits,
+   * "_" or "-". WhatsApp and e-mail senders are resolved to contacts; other
+   * sources are stored without a contact.
    *
    * @generated from field: string source = 1;
    */
@@ -30,14 +39,15 @@ export type IngestMessageRequest = Message<"aurora.crm.v1.IngestMessageRequest">
 
   /**
    * The sender's identity on that channel, exactly as the gateway sent it: a
-   * WhatsApp id for "whatsapp", an e-mail address for "email".
+   * WhatsApp id for "whatsapp", an e-mail address for "email". It must not
+   * be blank.
    *
    * @generated from field: string sender_id = 2;
    */
   senderId: string;
 
   /**
-   * The message body as text.
+   * The message body as text. It must not be blank.
    *
    * @generated from field: string content = 3;
    */
@@ -50,6 +60,17 @@ export type IngestMessageRequest = Message<"aurora.crm.v1.IngestMessageRequest">
    * @generated from field: google.protobuf.Struct metadata = 4;
    */
   metadata?: JsonObject | undefined;
+
+  /**
+   * The message's own id, which makes a retry safe: the provider's message id
+   * (a WhatsApp "wamid...", an e-mail Message-ID) or any key the client
+   * chooses, unique within the source. Unset, the message is stored every
+   * time it is sent. When set, it must not be blank; it is compared exactly,
+   * without trimming or case folding.
+   *
+   * @generated from field: optional string external_id = 5;
+   */
+  externalId?: string | undefined;
 };
 
 /**
@@ -102,6 +123,15 @@ export type IngestMessageResponse = Message<"aurora.crm.v1.IngestMessageResponse
    * @generated from field: string error = 5;
    */
   error: string;
+
+  /**
+   * True when the request repeated an external_id already stored for its
+   * source with the same sender and content: nothing new was stored, and the
+   * ids above are those of the original event.
+   *
+   * @generated from field: bool duplicate = 6;
+   */
+  duplicate: boolean;
 };
 
 /**
@@ -165,6 +195,14 @@ export const IngestService: GenService<{
    * IngestMessage stores the message as an ingest event, resolves its sender
    * to exactly one contact where the source has an identity rule, and returns
    * the stored ids. A stored event, even one in status ERROR, is a success.
+   *
+   * A request that carries an external_id already stored for its source is a
+   * retry: nothing new is stored and the original ids come back with
+   * duplicate set. If that earlier event has a different sender or content,
+   * the call fails with ALREADY_EXISTS naming the original event. A request
+   * that breaks a rule below fails with INVALID_ARGUMENT, whose
+   * buf.validate.Violations detail names the field and the rule, and stores
+   * nothing.
    *
    * @generated from rpc aurora.crm.v1.IngestService.IngestMessage
    */
