@@ -19,7 +19,34 @@ export interface Config {
   logLevel: string;
   /** `json` lines, `pretty` for people, or `auto`: pretty when stdout is a terminal. */
   logFormat: "auto" | "json" | "pretty";
+  /** Size limits on requests, enforced before anything is stored (src/validation.ts). */
+  limits: InputLimits;
 }
+
+/** The configurable limits on a request; the fixed rules live in the proto. */
+export interface InputLimits {
+  /** Largest request body read, in bytes, before it is parsed. */
+  requestMaxBytes: number;
+  /** Longest sender_id, in characters (Unicode code points). */
+  senderIdMaxChars: number;
+  /** Longest external_id, in characters (Unicode code points). */
+  externalIdMaxChars: number;
+  /** Largest content, in bytes of UTF-8. */
+  contentMaxBytes: number;
+  /** Largest metadata, in bytes of its UTF-8 JSON. */
+  metadataMaxBytes: number;
+  /** Deepest metadata nesting; the metadata object itself is level 1. */
+  metadataMaxDepth: number;
+}
+
+export const defaultInputLimits: InputLimits = {
+  requestMaxBytes: 1024 * 1024,
+  senderIdMaxChars: 320,
+  externalIdMaxChars: 320,
+  contentMaxBytes: 256 * 1024,
+  metadataMaxBytes: 64 * 1024,
+  metadataMaxDepth: 10,
+};
 
 /** The configuration could not be read; `problems` names every bad variable. */
 export class ConfigError extends Error {
@@ -74,6 +101,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     defaultPhoneRegion: defaultPhoneRegion as PhoneRegion,
     logLevel: oneOf("LOG_LEVEL", "info", [...Object.keys(pino.levels.values), "silent"]),
     logFormat: oneOf("LOG_FORMAT", "auto", ["auto", "json", "pretty"] as const),
+    limits: {
+      requestMaxBytes: integer("MAX_REQUEST_BYTES", defaultInputLimits.requestMaxBytes, 1024, 64 * 1024 * 1024),
+      senderIdMaxChars: integer("MAX_SENDER_ID_CHARS", defaultInputLimits.senderIdMaxChars, 1, 65536),
+      externalIdMaxChars: integer("MAX_EXTERNAL_ID_CHARS", defaultInputLimits.externalIdMaxChars, 1, 65536),
+      contentMaxBytes: integer("MAX_CONTENT_BYTES", defaultInputLimits.contentMaxBytes, 1, 64 * 1024 * 1024),
+      metadataMaxBytes: integer("MAX_METADATA_BYTES", defaultInputLimits.metadataMaxBytes, 2, 64 * 1024 * 1024),
+      // Bounded so that walking the metadata can never exhaust the stack.
+      metadataMaxDepth: integer("MAX_METADATA_DEPTH", defaultInputLimits.metadataMaxDepth, 1, 100),
+    },
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;

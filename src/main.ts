@@ -29,6 +29,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     health,
     log,
     metrics,
+    limits: config.limits,
   });
   const address = await server.listen(config.port, config.host);
   readyLog.info(

@@ -5,13 +5,16 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createServer } from "@httptoolkit/httpolyglot";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { defaultInputLimits, type InputLimits } from "./config.js";
 import { errorInterceptor } from "./errors.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./health/http-probes.js";
 import type { Logger } from "./observability/logger.js";
 import type { Metrics } from "./observability/metrics.js";
 import { createRequestObserver } from "./observability/request-observer.js";
 import { REFLECTION_SERVICES } from "./reflection/reflection-service.js";
+import { answerTooLargeWith413 } from "./request-size.js";
 import { routes, SERVICES, type ServiceDependencies } from "./routes.js";
+import { validationInterceptors } from "./validation.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -23,6 +26,8 @@ const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.i
 export interface ServerOptions extends ServiceDependencies {
   log: Logger;
   metrics: Metrics;
+  /** Request size limits; the defaults when omitted. */
+  limits?: InputLimits;
 }
 
 /** A running server: where it listens and how to stop it. */
@@ -47,17 +52,28 @@ export function buildServer(options: ServerOptions): IngestServer {
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
   const probes = createHttpProbes(options.health, options.metrics);
-  const interceptors = [observer.interceptor, errorInterceptor(options.log)];
+  const limits = options.limits ?? defaultInputLimits;
+  const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
   const contextValues = observer.contextValues;
-  const connectHandler = connectNodeAdapter({ routes: routes(options), interceptors, contextValues });
+  // readMaxBytes refuses a larger body before it is parsed (resource_exhausted).
+  const readMaxBytes = limits.requestMaxBytes;
+  // JSON bodies must be UTF-8: a fatal decoder refuses other bytes
+  // (invalid_argument) where the default one would store U+FFFD instead.
+  // (textDecoder reaches Connect's JSON serialization, though its option type omits it.)
+  const strictJson = { ignoreUnknownFields: true, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
+  const connectHandler = connectNodeAdapter({ routes: routes(options), interceptors, contextValues, readMaxBytes, jsonOptions: strictJson });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, as the earlier version did.
-  const plainJsonHandler = connectNodeAdapter({
-    routes: routes(options),
-    interceptors,
-    contextValues,
-    jsonOptions: { useProtoFieldName: true, alwaysEmitImplicit: true },
-  });
+  const plainJsonHandler = answerTooLargeWith413(
+    readMaxBytes,
+    connectNodeAdapter({
+      routes: routes(options),
+      interceptors,
+      contextValues,
+      readMaxBytes,
+      jsonOptions: { ...strictJson, useProtoFieldName: true, alwaysEmitImplicit: true },
+    }),
+  );
 
   let inFlight = 0;
   let drained: (() => void) | undefined;

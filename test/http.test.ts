@@ -67,7 +67,7 @@ describe(`invalid input (${databaseKind})`, () => {
     expect(response.status).toBe(400);
     const error = await response.json();
     expect(error.code).toBe("invalid_argument");
-    expect(error.message).toContain(field === "sender_id" ? "senderId" : field);
+    expect(error.message).toContain(field);
     expect(await countEvents()).toBe(before);
   });
 });

@@ -1,6 +1,5 @@
 import { QueryTypes, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
-import { InvalidInputError } from "../errors.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
 
@@ -9,7 +8,7 @@ export interface IngestDependencies extends IdentityOptions {
   sequelize: Sequelize;
 }
 
-/** One inbound message, as the RPC handler hands it over. */
+/** One inbound message, as the RPC handler hands it over (already validated). */
 export interface IngestMessageInput {
   source: string;
   senderId: string;
@@ -41,9 +40,6 @@ export interface IngestMessageResult {
  * the commit happened.
  */
 export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
-  for (const field of ["source", "senderId", "content"] as const) {
-    if (input[field].trim() === "") throw new InvalidInputError(field, "must not be blank");
-  }
   const { sequelize } = dependencies;
   const identity = senderIdentity(input.source, input.senderId, dependencies);
   return sequelize.transaction(async (transaction) => {

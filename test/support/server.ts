@@ -1,3 +1,4 @@
+import type { InputLimits } from "../../src/config.js";
 import { Registry } from "prom-client";
 import type { Sequelize } from "sequelize-typescript";
 import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/health/database-health.js";
@@ -23,7 +24,7 @@ export interface TestServer {
 /** Starts a server with its own logger (into memory, every level), metrics registry and health. */
 export async function startTestServer(
   database: { sequelize: Sequelize },
-  options: { defaultPhoneRegion?: PhoneRegion; health?: Partial<DatabaseHealthOptions> } = {},
+  options: { defaultPhoneRegion?: PhoneRegion; health?: Partial<DatabaseHealthOptions>; limits?: InputLimits } = {},
 ): Promise<TestServer> {
   const raw: string[] = [];
   const logLines: Array<Record<string, any>> = [];
@@ -44,6 +45,7 @@ export async function startTestServer(
     health,
     log,
     metrics,
+    limits: options.limits,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
