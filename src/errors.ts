@@ -13,6 +13,23 @@ export class InvalidInputError extends Error {
 }
 
 /**
+ * A retry named an external_id that is already stored for its source, but
+ * with a different sender or content: the key was reused for another
+ * message, and storing either silently would lose one of them.
+ */
+export class DuplicateConflictError extends Error {
+  constructor(
+    readonly originalEventId: string,
+    readonly differingFields: string[],
+  ) {
+    super(
+      `external_id is already stored for this source as event ${originalEventId}, ` +
+        `with a different ${differingFields.join(" and ")}; send a new external_id for a new message`,
+    );
+  }
+}
+
+/**
  * The one place that turns errors into Connect codes. Client mistakes say
  * what was wrong; a database we cannot reach is `Unavailable` (the client may
  * retry); anything else is `Internal`, logged with its cause and never sent
@@ -21,6 +38,7 @@ export class InvalidInputError extends Error {
 export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof InvalidInputError) return new ConnectError(error.message, Code.InvalidArgument);
+  if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof ConnectionError) {
     log.warn({ err: error }, "database unreachable");
     return new ConnectError("database unavailable, retry later", Code.Unavailable);

@@ -58,7 +58,7 @@ describe(`health (${databaseKind})`, () => {
       body: {
         ready: true,
         database: "reachable",
-        schemaVersion: "2026.01.03T00.03.ingest-events",
+        schemaVersion: "2026.01.04T00.01.ingest-event-external-id",
         pendingMigrations: 0,
         shuttingDown: false,
       },
@@ -111,7 +111,7 @@ describe(`health (${databaseKind})`, () => {
     try {
       expect(await probe("/readyz")).toMatchObject({
         status: 503,
-        body: { ready: false, database: "reachable", schemaVersion: "2026.01.03T00.02.contacts-deals", pendingMigrations: 1 },
+        body: { ready: false, database: "reachable", schemaVersion: "2026.01.03T00.03.ingest-events", pendingMigrations: 1 },
       });
       expect(await check()).toBe(ServingStatus.SERVING);
     } finally {

@@ -33,12 +33,24 @@ async function indexes(table: string): Promise<string[]> {
   return rows.map((row) => row.indexdef);
 }
 
+async function columns(table: string): Promise<string[]> {
+  const rows = await database.sequelize.query<{ column_name: string }>(
+    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1",
+    { bind: [table], type: QueryTypes.SELECT },
+  );
+  return rows.map((row) => row.column_name);
+}
+
 describe(`migrations (${databaseKind})`, () => {
   it("go up, down one at a time, and up again", async () => {
     const migrator = createMigrator(database.sequelize);
 
     const applied = await migrator.up();
-    expect(applied.map((m) => m.name)).toEqual(["2026.01.03T00.02.contacts-deals", "2026.01.03T00.03.ingest-events"]);
+    expect(applied.map((m) => m.name)).toEqual([
+      "2026.01.03T00.02.contacts-deals",
+      "2026.01.03T00.03.ingest-events",
+      "2026.01.04T00.01.ingest-event-external-id",
+    ]);
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
     expect(await indexes("crm_contacts")).toEqual(
       expect.arrayContaining([
@@ -46,16 +58,24 @@ describe(`migrations (${databaseKind})`, () => {
         expect.stringMatching(/UNIQUE INDEX crm_contacts_email_key .*\(email\)/),
       ]),
     );
+    expect(await indexes("crm_ingest_events")).toEqual(
+      expect.arrayContaining([expect.stringMatching(/UNIQUE INDEX crm_ingest_events_source_external_id_key .*\(source, external_id\)/)]),
+    );
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await columns("crm_ingest_events")).not.toContain("external_id");
+    expect((await indexes("crm_ingest_events")).join("\n")).not.toContain("external_id");
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
     await migrator.down();
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(2);
+    expect((await migrator.pending()).length).toBe(3);
 
     await migrator.up();
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
+    expect(await columns("crm_ingest_events")).toContain("external_id");
   });
 
   it("refuse a status outside RECEIVED, LINKED and ERROR", async () => {
@@ -88,7 +108,9 @@ describe("npm run migrate", () => {
   it("applies, reports status, is harmless when run twice, and reverts the last", async () => {
     const first = await runScript("src/migrate.ts", [], env);
     expect(first.code).toBe(0);
-    expect(first.output).toContain("applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events");
+    expect(first.output).toContain(
+      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id",
+    );
     expect(first.output).not.toMatch(/password/i);
 
     const second = await runScript("src/migrate.ts", ["up"], env);
@@ -96,16 +118,18 @@ describe("npm run migrate", () => {
     expect(second.output).toContain("nothing to apply");
 
     const status = await runScript("src/migrate.ts", ["status"], env);
-    expect(status.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events/);
+    expect(status.output).toMatch(
+      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id/,
+    );
     const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
-    expect(status.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 0 pending)");
+    expect(status.output).toContain("schema version: 2026.01.04T00.01.ingest-event-external-id (3 applied, 0 pending)");
 
     const down = await runScript("src/migrate.ts", ["down"], env);
-    expect(down.output).toContain("reverted: 2026.01.03T00.03.ingest-events");
+    expect(down.output).toContain("reverted: 2026.01.04T00.01.ingest-event-external-id");
     const after = await runScript("src/migrate.ts", ["status"], env);
-    expect(after.output).toMatch(/applied\s+2026.01.03T00.02.contacts-deals\npending\s+2026.01.03T00.03.ingest-events/);
-    expect(after.output).toContain("schema version: 2026.01.03T00.02.contacts-deals (1 applied, 1 pending)");
+    expect(after.output).toMatch(/applied\s+2026.01.03T00.03.ingest-events\npending\s+2026.01.04T00.01.ingest-event-external-id/);
+    expect(after.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 1 pending)");
   });
 
   it("rejects an unknown command with a non-zero exit", async () => {

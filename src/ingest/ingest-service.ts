@@ -22,6 +22,7 @@ export function createIngestService(dependencies: IngestDependencies): ServiceIm
         senderId: request.senderId,
         content: request.content,
         metadata: request.metadata ?? {},
+        externalId: request.externalId ?? null,
       });
       context.values.set(ingestResultKey, result);
       return {
@@ -30,6 +31,7 @@ export function createIngestService(dependencies: IngestDependencies): ServiceIm
         status: "persisted",
         eventStatus: eventStatusToProto[result.status],
         error: result.error ?? "",
+        duplicate: result.duplicate,
       };
     },
   };

@@ -28,6 +28,13 @@ export class IngestEvent extends Model {
   @Column({ type: DataType.JSONB, allowNull: false, defaultValue: {} })
   declare metadata: Record<string, unknown>;
 
+  /**
+   * The provider's message id or a client-chosen key, unique per source
+   * (crm_ingest_events_source_external_id_key): a retry with it stores nothing new.
+   */
+  @Column({ type: DataType.TEXT, allowNull: true })
+  declare externalId: string | null;
+
   @ForeignKey(() => Contact)
   @Column({ type: DataType.UUID, allowNull: true })
   declare contactId: string | null;
