@@ -14,6 +14,7 @@ import { createRequestObserver } from "./observability/request-observer.js";
 import { REFLECTION_SERVICES } from "./reflection/reflection-service.js";
 import { answerTooLargeWith413 } from "./request-size.js";
 import { routes, SERVICES, type ServiceDependencies } from "./routes.js";
+import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
 import { validationInterceptors } from "./validation.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
@@ -61,13 +62,19 @@ export function buildServer(options: ServerOptions): IngestServer {
   // (invalid_argument) where the default one would store U+FFFD instead.
   // (textDecoder reaches Connect's JSON serialization, though its option type omits it.)
   const strictJson = { ignoreUnknownFields: true, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
-  const connectHandler = connectNodeAdapter({ routes: routes(options), interceptors, contextValues, readMaxBytes, jsonOptions: strictJson });
+  const connectHandler = connectNodeAdapter({
+    routes: withUndecodableAsInvalidArgument(routes(options)),
+    interceptors,
+    contextValues,
+    readMaxBytes,
+    jsonOptions: strictJson,
+  });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, as the earlier version did.
   const plainJsonHandler = answerTooLargeWith413(
     readMaxBytes,
     connectNodeAdapter({
-      routes: routes(options),
+      routes: withUndecodableAsInvalidArgument(routes(options)),
       interceptors,
       contextValues,
       readMaxBytes,

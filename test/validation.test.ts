@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from "node:fs/promises";
+import http2 from "node:http2";
 import os from "node:os";
 import path from "node:path";
 import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
@@ -189,6 +190,68 @@ describe(`input rules (${databaseKind})`, () => {
     expect(await countEvents()).toBe(before);
     const after = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "still serving" });
     expect(after.status).toBe(200);
+  });
+});
+
+describe(`bytes that are not protobuf (${databaseKind})`, () => {
+  const path = "/aurora.crm.v1.IngestService/IngestMessage";
+  const varint = (n: number) => {
+    const bytes: number[] = [];
+    for (; n > 127; n >>>= 7) bytes.push((n & 127) | 128);
+    return [...bytes, n];
+  };
+  const field = (tag: number, payload: number[]) => [tag, ...varint(payload.length), ...payload];
+  const ascii = (text: string) => [...Buffer.from(text)];
+  // Struct { fields { key: "a" value { struct_value: … } } }, 150 levels: past the decoder's limit of 100.
+  let deep: number[] = [];
+  for (let i = 0; i < 150; i++) deep = field(0x0a, [...field(0x0a, ascii("a")), ...field(0x12, field(0x2a, deep))]);
+  const head = [...field(0x0a, ascii("web")), ...field(0x12, ascii("x"))];
+  const bodies: Array<[string, Uint8Array]> = [
+    ["a string that is not UTF-8", new Uint8Array([...head, ...field(0x1a, [0x63, 0x61, 0x66, 0xe9])])],
+    ["a truncated message", new Uint8Array([...head, 0x1a, 0x10, 0x61])],
+    ["metadata nested 150 levels", new Uint8Array([...head, ...field(0x1a, ascii("y")), ...field(0x22, deep)])],
+  ];
+  /** One uncompressed gRPC message frame. */
+  const envelope = (message: Uint8Array) => {
+    const bytes = Buffer.alloc(5 + message.byteLength);
+    bytes.writeUInt32BE(message.byteLength, 1);
+    bytes.set(message, 5);
+    return bytes;
+  };
+
+  it.each(bodies)("answers %s over Connect with 400 invalid_argument", async (_name, body) => {
+    const before = await countEvents();
+    const response = await fetch(server.baseUrl + path, { method: "POST", headers: { "content-type": "application/proto" }, body: Buffer.from(body) });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("parse binary") });
+    expect(await countEvents()).toBe(before);
+  });
+
+  it.each(bodies)("answers %s over gRPC-Web with status 3 (INVALID_ARGUMENT)", async (_name, body) => {
+    const response = await fetch(server.baseUrl + path, {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+      body: envelope(body),
+    });
+    const bytes = Buffer.from(await response.arrayBuffer());
+    expect(bytes[0]).toBe(0x80);
+    expect(bytes.subarray(5).toString()).toMatch(/grpc-status: 3\r\n/);
+  });
+
+  it.each(bodies)("answers %s over gRPC with status 3 (INVALID_ARGUMENT)", async (_name, body) => {
+    const session = http2.connect(server.baseUrl);
+    try {
+      const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+        const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
+        stream.on("trailers", resolve);
+        stream.on("error", reject);
+        stream.resume();
+        stream.end(envelope(body));
+      });
+      expect(trailers["grpc-status"]).toBe("3");
+    } finally {
+      session.close();
+    }
   });
 });
 
