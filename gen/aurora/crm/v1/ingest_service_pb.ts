@@ -66,7 +66,8 @@ export type IngestMessageRequest = Message<"aurora.crm.v1.IngestMessageRequest">
    * (a WhatsApp "wamid...", an e-mail Message-ID) or any key the client
    * chooses, unique within the source. Unset, the message is stored every
    * time it is sent. When set, it must not be blank; it is compared exactly,
-   * without trimming or case folding.
+   * without trimming or case folding. A retry's metadata is not compared
+   * with the original's, which is kept.
    *
    * @generated from field: optional string external_id = 5;
    */
