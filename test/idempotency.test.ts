@@ -47,6 +47,20 @@ describe(`retries with external_id (${databaseKind})`, () => {
     expect(stored.map((e) => [e.id, e.contact_id, e.external_id])).toEqual([[first.body.event_id, first.body.contact_id, "wamid.HBgN001"]]);
   });
 
+  it("counts a replayed retry as a duplicate, not as a stored event, and says so in its log line", async () => {
+    const stored = async () => (await server.metrics.eventsStored.get()).values.reduce((sum, v) => sum + v.value, 0);
+    const duplicates = async () => (await server.metrics.duplicates.get()).values.reduce((sum, v) => sum + v.value, 0);
+    const message = { source: "web", sender_id: "visitor-metrics", content: "oi", external_id: "k-metrics" };
+    await ingest(message);
+    const before = { stored: await stored(), duplicates: await duplicates() };
+    const retry = await ingest(message);
+
+    expect(await stored()).toBe(before.stored);
+    expect(await duplicates()).toBe(before.duplicates + 1);
+    const line = server.logLines.filter((l) => l.eventId === retry.body.event_id).at(-1);
+    expect(line).toMatchObject({ duplicate: true, code: "ok" });
+  });
+
   it("keeps the original metadata when a retry carries different metadata", async () => {
     const message = { source: "email", sender_id: "ana@example.com", content: "olá", external_id: "<m1@example.com>" };
     const first = await ingest({ ...message, metadata: { attempt: 1 } });

@@ -126,7 +126,13 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         const ingested = req.contextValues.get(ingestResultKey);
         if (ingested) {
           Object.assign(record.fields, { eventId: ingested.eventId, eventStatus: ingested.status });
-          metrics.eventsStored.inc({ status: ingested.status });
+          if (ingested.duplicate) {
+            // A replayed retry: nothing was stored.
+            record.fields.duplicate = true;
+            metrics.duplicates.inc();
+          } else {
+            metrics.eventsStored.inc({ status: ingested.status });
+          }
           if (ingested.contactCreated) metrics.contactsCreated.inc();
         }
         if (!res.stream) {
