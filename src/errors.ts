@@ -29,6 +29,13 @@ export class DuplicateConflictError extends Error {
   }
 }
 
+/** The database did not answer a request within the configured time. */
+export class DatabaseTimeoutError extends Error {
+  constructor(timeoutMs: number) {
+    super(`the database did not answer within ${timeoutMs} ms`);
+  }
+}
+
 /**
  * The one place that turns errors into Connect codes. Client mistakes say
  * what was wrong; a database we cannot reach is `Unavailable` (the client may
@@ -39,24 +46,36 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof InvalidInputError) return new ConnectError(error.message, Code.InvalidArgument);
   if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
-  if (error instanceof ConnectionError) {
-    log.warn({ err: error }, "database unreachable");
-    return new ConnectError("database unavailable, retry later", Code.Unavailable);
-  }
   if (error instanceof DatabaseError) {
     const sqlState = String((error.original as { code?: unknown })?.code ?? "");
     // Class 22 is "data exception": the value itself was refused (for
     // example a NUL character, which JSON allows and PostgreSQL text does not).
     if (sqlState.startsWith("22")) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);
-    // Class 08 (connection exception) and 57P (operator intervention: the
-    // server is shutting down or restarting) are transient.
-    if (sqlState.startsWith("08") || sqlState.startsWith("57P")) {
-      log.warn({ err: error }, "database unavailable");
-      return new ConnectError("database unavailable, retry later", Code.Unavailable);
-    }
+  }
+  if (isDatabaseUnavailable(error)) {
+    log.warn({ err: error }, "database unavailable");
+    return new ConnectError("database unavailable, retry later", Code.Unavailable);
   }
   log.error({ err: error }, "internal error");
   return new ConnectError("internal error", Code.Internal);
+}
+
+/**
+ * Whether an error means the database could not be reached or did not answer
+ * in time, so the same request may succeed later: no connection (refused,
+ * reset, timed out, pool acquire timeout), a connection dropped mid-query,
+ * our own deadline, or a transient SQLSTATE: class 08 (connection
+ * exception), 53 (insufficient resources), 57 (statement timeout, server
+ * shutting down or restarting) and 25P03 (idle-in-transaction timeout).
+ */
+function isDatabaseUnavailable(error: unknown): boolean {
+  if (error instanceof DatabaseTimeoutError || error instanceof ConnectionError) return true;
+  const cause = (error instanceof DatabaseError ? error.original : error) as { code?: unknown; message?: unknown } | undefined;
+  const code = String(cause?.code ?? "");
+  return (
+    /^(08|53|57)|^25P03$|^E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH|NOTFOUND)$/.test(code) ||
+    /Connection terminated|Query read timeout|not queryable|timeout expired/i.test(String(cause?.message ?? ""))
+  );
 }
 
 /**

@@ -1,0 +1,24 @@
+import type { Interceptor } from "@connectrpc/connect";
+import { DatabaseTimeoutError } from "./errors.js";
+
+/**
+ * Interceptor that answers a request still running after `timeoutMs` with
+ * `DatabaseTimeoutError` (`Unavailable`), so a client never waits longer than
+ * that on a database that is gone or stuck. The work left behind is bounded
+ * too (every pool wait and query has the same timeout, and a transaction that
+ * fails is rolled back); like any request whose answer is lost, it may still
+ * commit late.
+ */
+export function deadlineInterceptor(timeoutMs: number): Interceptor {
+  return (next) => async (request) => {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DatabaseTimeoutError(timeoutMs)), timeoutMs);
+    });
+    try {
+      return await Promise.race([next(request), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
