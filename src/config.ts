@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import path from "node:path";
 import { pino } from "pino";
 import { isPhoneRegion, type PhoneRegion } from "./identity/phone-number.js";
@@ -21,6 +23,14 @@ export interface Config {
   logFormat: "auto" | "json" | "pretty";
   /** Size limits on requests, enforced before anything is stored (src/validation.ts). */
   limits: InputLimits;
+  /** How long a request may wait on the database before it is answered `Unavailable`. */
+  databaseTimeoutMs: number;
+  /** How long shutdown waits for requests in flight. */
+  shutdownGraceMs: number;
+  /** Bearer tokens that RPCs and `/ingest/message` accept; empty means no authentication. Never log these. */
+  apiTokens: string[];
+  /** TLS on the one port (PEM contents); with `clientCa`, clients must present a certificate it signed. */
+  tls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
 }
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
@@ -92,8 +102,47 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     return raw as T;
   };
 
+  const file = (name: string): Buffer | undefined => {
+    const filePath = env[name];
+    if (!filePath) return undefined;
+    try {
+      return readFileSync(filePath);
+    } catch (error) {
+      problems.push(`${name} names a file that cannot be read (${(error as NodeJS.ErrnoException).code ?? "error"}): ${filePath}`);
+      return undefined;
+    }
+  };
+
+  // Comma- or line-separated; `#` starts a comment line in the file.
+  const tokenFile = file("INGEST_API_TOKENS_FILE");
+  const apiTokens = [env.INGEST_API_TOKENS ?? "", tokenFile?.toString("utf8") ?? ""]
+    .flatMap((list) => list.split(/[,\n]/))
+    .map((token) => token.trim())
+    .filter((token) => token !== "" && !token.startsWith("#"));
+  if ((env.INGEST_API_TOKENS || tokenFile) && apiTokens.length === 0) {
+    problems.push("INGEST_API_TOKENS / INGEST_API_TOKENS_FILE is set but holds no token");
+  }
+  // Named by position only: a token must never reach a log.
+  apiTokens.forEach((token, i) => {
+    if (token.length < 16 || /\s/.test(token)) problems.push(`API token #${i + 1} must be at least 16 characters with no spaces`);
+  });
+
+  const allowUnauthenticated = oneOf("ALLOW_UNAUTHENTICATED", "false", ["true", "false"] as const);
+  const host = env.HOST || "127.0.0.1";
+  if (!isLoopback(host) && apiTokens.length === 0 && allowUnauthenticated !== "true") {
+    problems.push(
+      `HOST=${host} is reachable from other machines but no API tokens are configured: set INGEST_API_TOKENS=<token>[,<token>...] ` +
+        "or INGEST_API_TOKENS_FILE=<file with one token per line> (clients then send `Authorization: Bearer <token>`), " +
+        "or set ALLOW_UNAUTHENTICATED=true to serve without authentication",
+    );
+  }
+
+  const [cert, key, clientCa] = [file("TLS_CERT_FILE"), file("TLS_KEY_FILE"), file("TLS_CLIENT_CA_FILE")];
+  if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) problems.push("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+  if (env.TLS_CLIENT_CA_FILE && !env.TLS_CERT_FILE) problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE");
+
   const config: Config = {
-    host: env.HOST || "127.0.0.1",
+    host,
     port: integer("PORT", 8000, 0, 65535),
     databaseUrl,
     embeddedDataDir: path.resolve(env.EMBEDDED_DATA_DIR || "data/pglite"),
@@ -110,7 +159,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       // Bounded so that walking the metadata can never exhaust the stack.
       metadataMaxDepth: integer("MAX_METADATA_DEPTH", defaultInputLimits.metadataMaxDepth, 1, 100),
     },
+    databaseTimeoutMs: integer("DATABASE_TIMEOUT_MS", 5_000, 100, 600_000),
+    shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
+    apiTokens,
+    tls: cert && key ? { cert, key, clientCa } : undefined,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** True for addresses only this machine can reach: 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  const address = host.replace(/^\[(.*)\]$/, "$1").toLowerCase().replace(/^::ffff:(?=\d+\.)/, "");
+  if (address === "localhost") return true;
+  if (isIP(address) === 4) return address.startsWith("127.");
+  return isIP(address) === 6 && /^(0{0,4}:){1,7}0{0,3}1$/.test(address);
 }

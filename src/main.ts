@@ -14,7 +14,7 @@ import { buildServer } from "./server.js";
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
     config.databaseUrl ? { kind: "postgres", url: config.databaseUrl } : { kind: "embedded", dataDir: config.embeddedDataDir },
-    { poolMax: config.databasePoolMax },
+    { poolMax: config.databasePoolMax, timeoutMs: config.databaseTimeoutMs },
   );
   // Every start-up line names the database (never its password) and, once known, the schema version.
   const startLog = log.child({ database: database.description });
@@ -30,24 +30,39 @@ async function main(config: Config, log: Logger): Promise<void> {
     log,
     metrics,
     limits: config.limits,
+    apiTokens: config.apiTokens,
+    tls: config.tls,
+    requestTimeoutMs: config.databaseTimeoutMs,
   });
   const address = await server.listen(config.port, config.host);
-  readyLog.info(
-    `aurora-crm-ingest listening on http://${address.address}:${address.port} (${database.description}, schema ${describeSchema(schema)})`,
-  );
+  const url = `${config.tls ? "https" : "http"}://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
+  const auth = config.apiTokens.length ? "bearer tokens" : "no authentication";
+  readyLog.info(`aurora-crm-ingest listening on ${url} (${database.description}, schema ${describeSchema(schema)}, ${auth})`);
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    readyLog.info(`${signal} received: reporting NOT_SERVING, finishing requests in flight`);
-    await server.close();
-    await database.close();
+    readyLog.info(`${signal} received: reporting NOT_SERVING, finishing requests in flight (up to ${config.shutdownGraceMs} ms)`);
+    const started = Date.now();
+    setTimeout(() => {
+      readyLog.fatal("shutdown is stuck; exiting");
+      process.exit(1);
+    }, config.shutdownGraceMs + 10_000).unref();
+    const cutOff = await server.close(config.shutdownGraceMs);
+    if (cutOff > 0) readyLog.warn(`${cutOff} request(s) still running after the grace period were cut off`);
+    // Connections such requests still hold are not waited for past the grace period.
+    await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
     readyLog.info("stopped");
     process.exit(0);
   };
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
+  const onSignal = (signal: string) => () =>
+    stop(signal).catch((error: unknown) => {
+      readyLog.fatal({ err: error }, "shutdown failed");
+      process.exit(1);
+    });
+  process.on("SIGTERM", onSignal("SIGTERM"));
+  process.on("SIGINT", onSignal("SIGINT"));
 }
 
 /**

@@ -1,17 +1,19 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import type { AddressInfo, Socket } from "node:net";
+import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from "node:http2";
+import type { AddressInfo, Server, Socket } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { createServer } from "@httptoolkit/httpolyglot";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
-import { defaultInputLimits, type InputLimits } from "./config.js";
+import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
+import { defaultInputLimits, type Config, type InputLimits } from "./config.js";
 import { errorInterceptor } from "./errors.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./health/http-probes.js";
 import type { Logger } from "./observability/logger.js";
 import type { Metrics } from "./observability/metrics.js";
 import { createRequestObserver } from "./observability/request-observer.js";
 import { REFLECTION_SERVICES } from "./reflection/reflection-service.js";
+import { deadlineInterceptor } from "./request-deadline.js";
 import { answerTooLargeWith413 } from "./request-size.js";
 import { routes, SERVICES, type ServiceDependencies } from "./routes.js";
 import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
@@ -29,19 +31,31 @@ export interface ServerOptions extends ServiceDependencies {
   metrics: Metrics;
   /** Request size limits; the defaults when omitted. */
   limits?: InputLimits;
+  /** Bearer tokens required on everything but health and readiness checks; none or empty: no authentication. */
+  apiTokens?: string[];
+  /** Serve TLS only (ALPN h2 and http/1.1), with client certificates required when `clientCa` is set. */
+  tls?: Config["tls"];
+  /** Longest a request may wait on the database before it is answered `Unavailable`. */
+  requestTimeoutMs?: number;
 }
 
 /** A running server: where it listens and how to stop it. */
 export interface IngestServer {
   listen(port: number, host: string): Promise<AddressInfo>;
-  /** Reports NOT_SERVING, stops accepting, lets requests in flight finish (up to `graceMs`), then closes every connection. */
-  close(graceMs?: number): Promise<void>;
+  /**
+   * Reports NOT_SERVING, stops accepting, lets requests in flight finish (up
+   * to `graceMs`), then closes every connection. Resolves to how many
+   * requests were cut off.
+   */
+  close(graceMs?: number): Promise<number>;
 }
 
 /**
  * Builds the HTTP server. One port speaks HTTP/1.1 and cleartext HTTP/2
- * (told apart by the connection's first bytes), so gRPC, gRPC-Web, Connect
- * and plain curl all reach the same handlers.
+ * (told apart by the connection's first bytes), or with `tls` only TLS
+ * (told apart by ALPN), so gRPC, gRPC-Web, Connect and plain curl all reach
+ * the same handlers. With tokens, requests are authenticated before their
+ * body is read.
  */
 export function buildServer(options: ServerOptions): IngestServer {
   // One log line and the metrics for every request; probes and scrapes log at debug.
@@ -55,6 +69,8 @@ export function buildServer(options: ServerOptions): IngestServer {
   const probes = createHttpProbes(options.health, options.metrics);
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
+  if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
+  const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
   const contextValues = observer.contextValues;
   // readMaxBytes refuses a larger body before it is parsed (resource_exhausted).
   const readMaxBytes = limits.requestMaxBytes;
@@ -84,14 +100,32 @@ export function buildServer(options: ServerOptions): IngestServer {
 
   let inFlight = 0;
   let drained: (() => void) | undefined;
+  let closing = false;
   const sockets = new Set<Socket>();
+  const sessions = new Set<Http2Session>();
+  // HTTP/1.1 connections, with how many of their requests are in flight.
+  const http1 = new Map<Socket, number>();
+  const track = <T extends Socket | Http2Session>(set: Set<T>) => (item: T) => {
+    set.add(item);
+    item.once("close", () => set.delete(item));
+  };
 
-  const server = createServer((req: Request, res: Response) => {
+  const listener = (req: Request, res: Response) => {
     observer.begin(req, res);
     inFlight++;
+    const socket = req.httpVersionMajor === 1 ? req.socket : undefined;
+    if (socket && !http1.has(socket)) socket.once("close", () => http1.delete(socket));
+    if (socket) http1.set(socket, (http1.get(socket) ?? 0) + 1);
     res.once("close", () => {
+      if (socket && http1.has(socket)) {
+        const busy = http1.get(socket)! - 1;
+        http1.set(socket, busy);
+        // While closing, a keep-alive connection ends once its last answer is sent.
+        if (closing && busy === 0) socket.end();
+      }
       if (--inFlight === 0) drained?.();
     });
+    if (!authenticated(req)) return rejectUnauthenticated(req, res);
     if (probes(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
       req.url = INGEST_MESSAGE_PATH;
@@ -99,11 +133,22 @@ export function buildServer(options: ServerOptions): IngestServer {
     } else {
       connectHandler(req, res);
     }
-  });
-  server.on("connection", (socket: Socket) => {
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-  });
+  };
+  const server: Server = options.tls
+    ? createSecureServer(
+        {
+          allowHTTP1: true,
+          ALPNProtocols: ["h2", "http/1.1"],
+          cert: options.tls.cert,
+          key: options.tls.key,
+          ...(options.tls.clientCa && { ca: options.tls.clientCa, requestCert: true, rejectUnauthorized: true }),
+        },
+        listener,
+      )
+    : createServer(listener);
+  server.on("connection", track(sockets));
+  server.on("secureConnection", track(sockets));
+  server.on("session", track(sessions));
 
   return {
     listen(port, host) {
@@ -118,16 +163,27 @@ export function buildServer(options: ServerOptions): IngestServer {
     async close(graceMs = 30_000) {
       // Health reports NOT_SERVING first, which also ends open Watch streams.
       options.health.shutdown();
+      closing = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // No new requests on open connections: HTTP/2 clients get GOAWAY, idle
+      // HTTP/1.1 connections end, busy ones end after their response.
+      for (const session of sessions) session.close();
+      for (const [socket, busy] of http1) {
+        if (busy === 0) socket.end();
+      }
       if (inFlight > 0) {
         await new Promise<void>((resolve) => {
           drained = resolve;
           setTimeout(resolve, graceMs).unref();
         });
       }
-      // Keep-alive and HTTP/2 connections would hold close() open forever.
+      const cutOff = inFlight;
+      // Let the last answers reach their clients, then drop whatever is left
+      // (connections that never sent a request, requests past the grace period).
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 500).unref())]);
       for (const socket of sockets) socket.destroy();
       await closed;
+      return cutOff;
     },
   };
 }
