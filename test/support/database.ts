@@ -12,7 +12,7 @@ export const databaseKind = testServerUrl ? "postgres" : "embedded";
 
 /** A database for one test file, empty but for its schema; `close()` drops it. */
 export interface TestDatabase extends Database {
-  /** Connection string of the throwaway database (for child processes). */
+  /** Connection string of the throwaway database (for child processes); for the embedded one, its loopback port. */
   url: string;
 }
 
@@ -22,7 +22,8 @@ export async function createTestDatabase(options: { migrate?: boolean; poolMax?:
   if (!testServerUrl) {
     const database = await openDatabase({ kind: "embedded", dataDir: "memory://" }, { poolMax: options.poolMax });
     if (migrate) await createMigrator(database.sequelize).up();
-    return { ...database, url: "" };
+    const { host, port } = database.sequelize.config;
+    return { ...database, url: `postgres://postgres@${host}:${port}/postgres` };
   }
 
   const name = `aurora_test_${randomBytes(6).toString("hex")}`;

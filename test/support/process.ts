@@ -19,11 +19,13 @@ export function runScript(script: string, args: string[], env: Record<string, st
 /** Starts `src/main.ts` and resolves once it says where it listens. */
 export function startService(env: Record<string, string>): Promise<{ child: ChildProcess; baseUrl: string; output: () => string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(tsx, ["src/main.ts"], { cwd: root, env: { ...process.env, PORT: "0", ...env } });
+    // One node process (the tsx CLI would put a parent in front of it), so
+    // signals and SIGKILL reach the server itself.
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { cwd: root, env: { ...process.env, PORT: "0", ...env } });
     let output = "";
     const onData = (chunk: Buffer) => {
       output += chunk;
-      const match = /listening on (http:\/\/\S+)/.exec(output);
+      const match = /listening on (https?:\/\/\S+)/.exec(output);
       if (match) resolve({ child, baseUrl: match[1], output: () => output });
     };
     child.stdout.on("data", onData);

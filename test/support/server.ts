@@ -5,7 +5,7 @@ import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/health/dat
 import type { PhoneRegion } from "../../src/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
 import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
-import { buildServer, type IngestServer } from "../../src/server.js";
+import { buildServer, type IngestServer, type ServerOptions } from "../../src/server.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */
 export interface TestServer {
@@ -24,7 +24,11 @@ export interface TestServer {
 /** Starts a server with its own logger (into memory, every level), metrics registry and health. */
 export async function startTestServer(
   database: { sequelize: Sequelize },
-  options: { defaultPhoneRegion?: PhoneRegion; health?: Partial<DatabaseHealthOptions>; limits?: InputLimits } = {},
+  options: {
+    defaultPhoneRegion?: PhoneRegion;
+    health?: Partial<DatabaseHealthOptions>;
+    limits?: InputLimits;
+  } & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs"> = {},
 ): Promise<TestServer> {
   const raw: string[] = [];
   const logLines: Array<Record<string, any>> = [];
@@ -46,10 +50,13 @@ export async function startTestServer(
     log,
     metrics,
     limits: options.limits,
+    apiTokens: options.apiTokens,
+    tls: options.tls,
+    requestTimeoutMs: options.requestTimeoutMs,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
-    baseUrl: `http://127.0.0.1:${address.port}`,
+    baseUrl: `${options.tls ? "https" : "http"}://127.0.0.1:${address.port}`,
     server,
     health,
     metrics,

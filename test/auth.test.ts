@@ -1,0 +1,186 @@
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { QueryTypes } from "sequelize";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { runScript, startService } from "./support/process.js";
+import { startTestServer, type TestServer } from "./support/server.js";
+
+const token = randomBytes(24).toString("base64url");
+const rotatedToken = randomBytes(24).toString("base64url");
+const message = { source: "web", sender_id: "visitor-1", content: "hello", metadata: {} };
+
+let database: TestDatabase;
+let server: TestServer;
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+  server = await startTestServer(database, { apiTokens: [token, rotatedToken] });
+});
+
+afterAll(async () => {
+  await server?.server.close();
+  await database?.close();
+});
+
+const countEvents = async () =>
+  Number((await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n);
+
+const post = (authorization: string | undefined, path = "/ingest/message") =>
+  fetch(server.baseUrl + path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(authorization !== undefined && { authorization }) },
+    body: JSON.stringify(message),
+  });
+
+describe(`bearer tokens (${databaseKind})`, () => {
+  it.each([
+    ["no Authorization header", undefined],
+    ["an unknown token", `Bearer ${randomBytes(24).toString("base64url")}`],
+    ["a prefix of a valid token", `Bearer ${token.slice(0, -1)}`],
+    ["a valid token with more after it", `Bearer ${token}x`],
+    ["a valid token in another scheme", `Basic ${token}`],
+    ["an empty bearer token", "Bearer "],
+  ])("answers %s with 401 unauthenticated on /ingest/message and stores nothing", async (_name, authorization) => {
+    const before = await countEvents();
+    const response = await post(authorization);
+
+    expect(response.status).toBe(401);
+    expect(response.headers.get("www-authenticate")).toBe("Bearer");
+    expect(await response.json()).toMatchObject({ code: "unauthenticated" });
+    expect(await countEvents()).toBe(before);
+  });
+
+  it("accepts every configured token, so tokens can be rotated", async () => {
+    for (const accepted of [token, rotatedToken]) {
+      const response = await post(`Bearer ${accepted}`);
+      expect(response.status).toBe(200);
+      expect((await response.json()).status).toBe("persisted");
+    }
+  });
+
+  it("answers before reading the body: a stranger announcing 10 MB gets 401 without sending any of it", async () => {
+    const url = new URL(server.baseUrl);
+    const status = await new Promise<number>((resolve, reject) => {
+      const request = http.request({
+        host: url.hostname,
+        port: url.port,
+        method: "POST",
+        path: "/ingest/message",
+        headers: { "content-type": "application/json", "content-length": String(10 * 1024 * 1024) },
+      });
+      request.on("response", (response) => {
+        response.resume();
+        resolve(response.statusCode!);
+        request.destroy();
+      });
+      request.on("error", reject);
+      request.flushHeaders();
+    });
+    expect(status).toBe(401);
+  });
+
+  const transports: Record<string, (baseUrl: string, headers: Record<string, string>) => Transport> = {
+    "gRPC": (baseUrl, headers) => createGrpcTransport({ baseUrl, interceptors: [withHeaders(headers)] }),
+    "gRPC-Web": (baseUrl, headers) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors: [withHeaders(headers)] }),
+    "Connect over HTTP/1.1": (baseUrl, headers) => createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors: [withHeaders(headers)] }),
+    "Connect over HTTP/2": (baseUrl, headers) => createConnectTransport({ baseUrl, httpVersion: "2", interceptors: [withHeaders(headers)] }),
+  };
+
+  it.each(Object.keys(transports))("answers %s without a valid token with Unauthenticated, and with one normally", async (name) => {
+    const before = await countEvents();
+    const request = { source: "web", senderId: "visitor-2", content: `via ${name}` };
+    const stranger = createClient(IngestService, transports[name](server.baseUrl, { authorization: "Bearer wrong-token-of-some-length" }));
+    const error = await stranger.ingestMessage(request).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConnectError);
+    expect((error as ConnectError).code).toBe(Code.Unauthenticated);
+    expect(await countEvents()).toBe(before);
+
+    const client = createClient(IngestService, transports[name](server.baseUrl, { authorization: `Bearer ${token}` }));
+    expect((await client.ingestMessage(request)).status).toBe("persisted");
+  });
+
+  it("asks for a token on unknown paths too, but leaves health and readiness checks open", async () => {
+    expect((await post(undefined, "/nowhere")).status).toBe(401);
+    for (const open of ["/healthz", "/readyz", "/grpc.health.v1.Health/Check"]) {
+      const response = await fetch(server.baseUrl + open, open.startsWith("/grpc") ? { method: "POST", headers: { "content-type": "application/json" }, body: "{}" } : {});
+      expect(response.status, open).not.toBe(401);
+    }
+  });
+
+  it("never logs a token", async () => {
+    await post(`Bearer ${token}`);
+    await post("Bearer another-wrong-token-here");
+    expect(server.logText()).not.toContain(token);
+    expect(server.logText()).not.toContain("another-wrong-token-here");
+  });
+});
+
+describe("listening beyond this machine", () => {
+  let dir: string;
+  const children: Array<{ kill(signal: NodeJS.Signals): unknown }> = [];
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), "aurora-auth-"));
+  });
+  afterAll(async () => {
+    for (const child of children) child.kill("SIGKILL");
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("refuses to start without tokens, and says how to configure them", async () => {
+    const result = await runScript("src/main.ts", [], { HOST: "0.0.0.0", PORT: "0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: "" });
+    expect(result.code).not.toBe(0);
+    expect(result.output).toContain("HOST=0.0.0.0");
+    expect(result.output).toContain("INGEST_API_TOKENS");
+    expect(result.output).toContain("INGEST_API_TOKENS_FILE");
+    expect(result.output).toContain("ALLOW_UNAUTHENTICATED=true");
+    expect(result.output).not.toContain("listening on");
+  });
+
+  it("refuses tokens that are too short, without printing them", async () => {
+    const result = await runScript("src/main.ts", [], { PORT: "0", DATABASE_URL: database.url, INGEST_API_TOKENS: "short-secret" });
+    expect(result.code).not.toBe(0);
+    expect(result.output).toContain("API token #1 must be at least 16 characters");
+    expect(result.output).not.toContain("short-secret");
+  });
+
+  it("starts with a token file, requires its tokens, and never prints them", async () => {
+    const file = path.join(dir, "tokens");
+    await writeFile(file, `# rotated monthly\n${token}\n\n${rotatedToken}\n`);
+    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: file });
+    children.push(service.child);
+    const baseUrl = service.baseUrl.replace("0.0.0.0", "127.0.0.1");
+
+    const stranger = await fetch(`${baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(message) });
+    expect(stranger.status).toBe(401);
+    const known = await fetch(`${baseUrl}/ingest/message`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${rotatedToken}` },
+      body: JSON.stringify(message),
+    });
+    expect(known.status).toBe(200);
+    expect(service.output()).not.toContain(token);
+    expect(service.output()).not.toContain(rotatedToken);
+    service.child.kill("SIGKILL");
+  });
+
+  it("starts without tokens when the operator opts out with ALLOW_UNAUTHENTICATED=true", async () => {
+    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", ALLOW_UNAUTHENTICATED: "true" });
+    children.push(service.child);
+    expect(service.output()).toContain("no authentication");
+    service.child.kill("SIGKILL");
+  });
+});
+
+function withHeaders(headers: Record<string, string>): Interceptor {
+  return (next) => async (request) => {
+    for (const [name, value] of Object.entries(headers)) request.header.set(name, value);
+    return next(request);
+  };
+}

@@ -1,0 +1,147 @@
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { QueryTypes } from "sequelize";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { openDatabase, type Database } from "../src/db/database.js";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
+import { waitFor } from "./support/wait.js";
+
+// The service reaches its database only through a proxy that can cut or
+// silence the connection; the test reads the database directly.
+const TIMEOUT_MS = 1_000;
+const SERVICE_NAME = "aurora-faults-test";
+
+let database: TestDatabase;
+let proxy: TcpProxy;
+let serviceDatabase: Database;
+let server: TestServer;
+
+beforeAll(async () => {
+  database = await createTestDatabase({ poolMax: 4 });
+  const target = new URL(database.url);
+  proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
+  target.host = `127.0.0.1:${proxy.port}`;
+  target.searchParams.set("application_name", SERVICE_NAME);
+  serviceDatabase = await openDatabase({ kind: "postgres", url: target.toString() }, { poolMax: 4, timeoutMs: TIMEOUT_MS });
+  server = await startTestServer(serviceDatabase, { requestTimeoutMs: TIMEOUT_MS });
+});
+
+afterEach(() => {
+  // Every fault is the database's, never a bug: nothing may surface as internal.
+  expect(server.logLines.filter((line) => line.msg === "internal error" || line.level >= 50)).toEqual([]);
+});
+
+afterAll(async () => {
+  await server?.server.close();
+  await serviceDatabase?.close();
+  await proxy?.close();
+  await database?.close();
+});
+
+let sequence = 0;
+const ingest = () =>
+  postJson(server.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: `55119${String(++sequence).padStart(8, "0")}`, content: "during a fault", metadata: {} });
+
+/** Sends a request and measures how long its answer took. */
+async function timed<T>(request: () => Promise<T>): Promise<{ result: T; ms: number }> {
+  const started = performance.now();
+  const result = await request();
+  return { result, ms: performance.now() - started };
+}
+
+async function rows<T extends object>(sql: string): Promise<T[]> {
+  return database.sequelize.query<T>(sql, { type: QueryTypes.SELECT });
+}
+
+/** Nothing half-written: every contact has the event that created it, and every event is whole. */
+async function expectNothingHalfWritten() {
+  expect(await rows("SELECT c.id FROM crm_contacts c WHERE NOT EXISTS (SELECT 1 FROM crm_ingest_events e WHERE e.contact_id = c.id)")).toEqual([]);
+  expect(await rows("SELECT id FROM crm_ingest_events WHERE status = 'LINKED' AND contact_id IS NULL")).toEqual([]);
+}
+
+async function expectServesAgain() {
+  const { status, body } = await ingest();
+  expect(status).toBe(200);
+  expect(await rows(`SELECT id FROM crm_ingest_events WHERE id = '${body.event_id}'`)).toHaveLength(1);
+}
+
+describe(`database faults (${databaseKind})`, () => {
+  it("serves through the proxy", async () => {
+    expect((await ingest()).status).toBe(200);
+  });
+
+  it("answers 503 unavailable within a bounded time while the database refuses connections, then serves again without a restart", async () => {
+    proxy.cut();
+    for (let i = 0; i < 3; i++) {
+      const { result, ms } = await timed(ingest);
+      expect(result.status).toBe(503);
+      expect(result.body.code).toBe("unavailable");
+      expect(ms).toBeLessThan(3 * TIMEOUT_MS);
+    }
+    const grpc = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const error = await grpc.ingestMessage({ source: "web", senderId: "v", content: "x" }).catch((e: unknown) => e);
+    expect(ConnectError.from(error).code).toBe(Code.Unavailable);
+
+    proxy.restore();
+    await expectServesAgain();
+    await expectNothingHalfWritten();
+  });
+
+  it("answers 503 within a bounded time while the network is silent (no reset, no answer), then serves again", async () => {
+    proxy.blackhole();
+    const answers = await Promise.all(Array.from({ length: 6 }, () => timed(ingest)));
+    for (const { result, ms } of answers) {
+      expect(result.status).toBe(503);
+      expect(ms).toBeLessThan(3 * TIMEOUT_MS);
+    }
+
+    proxy.restore();
+    await expectServesAgain();
+    await expectNothingHalfWritten();
+  });
+
+  it("loses nothing acknowledged and writes nothing half when connections drop mid-load", async () => {
+    const acknowledged: string[] = [];
+    const statuses: number[] = [];
+    const load = Promise.all(
+      Array.from({ length: 8 }, async () => {
+        for (let i = 0; i < 15; i++) {
+          const { status, body } = await ingest();
+          statuses.push(status);
+          if (status === 200) acknowledged.push(body.event_id);
+        }
+      }),
+    );
+    await waitFor(() => acknowledged.length >= 10);
+    proxy.cut();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    proxy.restore();
+    await load;
+
+    expect(new Set(statuses)).toEqual(new Set(statuses.filter((s) => s === 200 || s === 503)));
+    expect(statuses).toContain(503);
+    const stored = new Set((await rows<{ id: string }>("SELECT id FROM crm_ingest_events")).map((r) => r.id));
+    expect(acknowledged.filter((id) => !stored.has(id))).toEqual([]);
+    await expectNothingHalfWritten();
+    await expectServesAgain();
+  });
+
+  it.runIf(databaseKind === "postgres")("recovers when PostgreSQL ends every connection, as on a restart", async () => {
+    expect((await ingest()).status).toBe(200);
+    const admin = new pg.Client({ connectionString: database.url });
+    await admin.connect();
+    try {
+      const { rowCount } = await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", [SERVICE_NAME]);
+      expect(rowCount).toBeGreaterThan(0);
+    } finally {
+      await admin.end();
+    }
+    const first = await ingest();
+    expect([200, 503]).toContain(first.status);
+    await expectServesAgain();
+  });
+});
