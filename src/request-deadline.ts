@@ -11,6 +11,8 @@ import { DatabaseTimeoutError } from "./errors.js";
  */
 export function deadlineInterceptor(timeoutMs: number): Interceptor {
   return (next) => async (request) => {
+    // Only unary calls: a stream (a health watch, say) may rightly stay open.
+    if (request.stream) return next(request);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DatabaseTimeoutError(timeoutMs)), timeoutMs);
