@@ -8,10 +8,12 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { loadConfig, type ConfigError } from "../src/config.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { runScript, startService } from "./support/process.js";
 import { startTestServer, type TestServer } from "./support/server.js";
+import { waitFor } from "./support/wait.js";
 
 const token = randomBytes(24).toString("base64url");
 const rotatedToken = randomBytes(24).toString("base64url");
@@ -107,12 +109,25 @@ describe(`bearer tokens (${databaseKind})`, () => {
     expect((await client.ingestMessage(request)).status).toBe("persisted");
   });
 
-  it("asks for a token on unknown paths too, but leaves health and readiness checks open", async () => {
+  it("leaves health and readiness checks open, and asks for a token everywhere else", async () => {
+    expect((await fetch(`${server.baseUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${server.baseUrl}/readyz`)).status).toBe(200);
+    const health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl }));
+    expect((await health.check({})).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+
     expect((await post(undefined, "/nowhere")).status).toBe(401);
-    for (const open of ["/healthz", "/readyz", "/grpc.health.v1.Health/Check"]) {
-      const response = await fetch(server.baseUrl + open, open.startsWith("/grpc") ? { method: "POST", headers: { "content-type": "application/json" }, body: "{}" } : {});
-      expect(response.status, open).not.toBe(401);
-    }
+    expect((await fetch(`${server.baseUrl}/metrics`)).status).toBe(401);
+    expect((await fetch(`${server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    const reflection = await post(undefined, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+    expect(reflection.status).toBe(401);
+  });
+
+  it("counts and logs a refused gRPC call as unauthenticated", async () => {
+    const stranger = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    await stranger.ingestMessage({ source: "web", senderId: "v", content: "x" }).catch(() => undefined);
+    await waitFor(() => server.logLines.some((line) => line.protocol === "grpc" && line.code === "unauthenticated"));
+    const metrics = await (await fetch(`${server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+    expect(metrics).toMatch(/aurora_ingest_requests_total\{procedure="\/aurora.crm.v1.IngestService\/IngestMessage",protocol="grpc",code="unauthenticated"\} [1-9]/);
   });
 
   it("never logs a token", async () => {
@@ -159,7 +174,7 @@ describe("token configuration", () => {
         expect.stringContaining("holds no token"),
         expect.stringContaining("holds no token"),
         expect.stringMatching(/INGEST_API_TOKENS_FILE names a file that cannot be read \(ENOENT\)/),
-        expect.stringContaining("ALLOW_UNAUTHENTICATED must be true or false"),
+        expect.stringContaining("ALLOW_UNAUTHENTICATED must be one of true, false"),
       ]);
       expect(found.join("\n")).not.toContain("short-secret");
     } finally {

@@ -84,7 +84,7 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         const procedure = record.procedure ?? (procedures.has(target) ? target : undefined);
         const protocol = procedure ? protocolOf(contentType) : "http";
         const code = procedure
-          ? (record.code ?? (res.writableFinished ? codeFromHttpStatus(res.statusCode) : "canceled"))
+          ? (record.code ?? grpcStatusHeader(res) ?? (res.writableFinished ? codeFromHttpStatus(res.statusCode) : "canceled"))
           : String(res.statusCode);
         const label = procedure ?? (httpRoutes.has(path) ? path : "unmatched");
         metrics.requests.inc({ procedure: label, protocol, code });
@@ -169,6 +169,13 @@ function protocolOf(contentType: string): "grpc" | "grpc-web" | "connect" {
  * The code of a request answered before any handler ran (a malformed body,
  * a wrong content type or method, a refused credential), from its HTTP status.
  */
+/** The code of a gRPC answer given before any handler ran (HTTP 200 with `grpc-status` in the headers, e.g. a missing token). */
+function grpcStatusHeader(res: Response): string | undefined {
+  const status = res.getHeader("grpc-status");
+  if (status === undefined) return undefined;
+  return Number(status) === 0 ? "ok" : codeToString(Number(status));
+}
+
 function codeFromHttpStatus(status: number): string {
   if (status < 300) return "ok";
   return HTTP_STATUS_CODES[status] ?? (status < 500 ? "failed_precondition" : "internal");
