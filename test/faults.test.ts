@@ -23,7 +23,7 @@ let server: TestServer;
 beforeAll(async () => {
   database = await createTestDatabase({ poolMax: 4 });
   const target = new URL(database.url);
-  proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
+  proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
   target.host = `127.0.0.1:${proxy.port}`;
   target.searchParams.set("application_name", SERVICE_NAME);
   serviceDatabase = await openDatabase({ kind: "postgres", url: target.toString() }, { poolMax: 4, timeoutMs: TIMEOUT_MS });

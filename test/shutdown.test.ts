@@ -24,7 +24,7 @@ const cleanups: Array<() => unknown> = [];
 beforeAll(async () => {
   database = await createTestDatabase({ poolMax: 4 });
   const url = new URL(database.url);
-  proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port) });
+  proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
   url.host = `127.0.0.1:${proxy.port}`;
   serviceUrl = url.toString();
 });
