@@ -1,0 +1,258 @@
+/**
+ * The load generator, run by bench/run.ts as a process of its own: keeps
+ * `concurrency` requests in flight for the warm-up and then the measured
+ * window, and prints one JSON line per phase on stdout.
+ *
+ * Modes: `grpc` (gRPC over h2c), `connect` (Connect JSON over HTTP/1.1),
+ * `route` (POST /ingest/message) against the server, and `sql`, which does
+ * the same logical work straight on a `pg` pool: the database's floor.
+ */
+import http from "node:http";
+import { performance } from "node:perf_hooks";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { messageSource, type Message } from "./traffic.js";
+
+export type LoadMode = "grpc" | "connect" | "route" | "sql";
+
+/** What bench/run.ts hands the load generator (as JSON in argv[2]). */
+export interface LoadPlan {
+  mode: LoadMode;
+  /** The server's base URL (service modes) or the database URL (`sql`). */
+  target: string;
+  concurrency: number;
+  warmupMs: number;
+  durationMs: number;
+  poolSize: number;
+  newShare: number;
+  /** Makes this run's new senders unique. */
+  tag: string;
+  /** `sql`: connections in the pool. */
+  sqlPoolMax: number;
+  /** `grpc`: HTTP/2 connections the concurrent calls are spread over. */
+  h2Connections: number;
+}
+
+/** The load generator's answer, printed as the last line. */
+export interface LoadResult {
+  mode: LoadMode;
+  /** Requests completed in the measured window, and how many of them failed. */
+  measured: number;
+  errors: number;
+  /** Every success, warm-up included: what the database must hold afterwards. */
+  succeeded: number;
+  /** Successes whose sender was new: the contacts that must have been created. */
+  newSendersSucceeded: number;
+  failed: number;
+  sampleErrors: string[];
+  rps: number;
+  latencyMs: { p50: number; p90: number; p99: number; max: number; mean: number };
+  /** The load generator's own CPU per 1,000 measured requests. */
+  clientCpuMsPer1000: number;
+}
+
+type Send = (message: Message) => Promise<void>;
+
+function emit(line: object): void {
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
+
+async function main(plan: LoadPlan): Promise<void> {
+  const { send, close } = await sender(plan);
+  const next = messageSource({ poolSize: plan.poolSize, newShare: plan.newShare, tag: plan.tag });
+
+  let latencies = new Float64Array(1 << 16);
+  let measured = 0;
+  let errors = 0;
+  let succeeded = 0;
+  let newSendersSucceeded = 0;
+  let failed = 0;
+  const sampleErrors: string[] = [];
+
+  const start = performance.now();
+  const measureFrom = start + plan.warmupMs;
+  const stopAt = measureFrom + plan.durationMs;
+  let cpuAtMeasure: NodeJS.CpuUsage | undefined;
+  const warm = setTimeout(() => {
+    cpuAtMeasure = process.cpuUsage();
+    emit({ type: "measuring" });
+  }, plan.warmupMs);
+  let cpuSpent: NodeJS.CpuUsage | undefined;
+  const stop = setTimeout(() => {
+    cpuSpent = process.cpuUsage(cpuAtMeasure);
+    emit({ type: "stopped" });
+  }, plan.warmupMs + plan.durationMs);
+
+  const loop = async () => {
+    while (performance.now() < stopAt) {
+      const message = next();
+      const t0 = performance.now();
+      let ok = true;
+      try {
+        await send(message);
+        succeeded++;
+        if (message.isNew) newSendersSucceeded++;
+      } catch (error) {
+        ok = false;
+        failed++;
+        if (sampleErrors.length < 5) sampleErrors.push(String((error as Error)?.message ?? error));
+      }
+      const t1 = performance.now();
+      if (t0 < measureFrom || t1 > stopAt) continue;
+      measured++;
+      if (!ok) {
+        errors++;
+        continue;
+      }
+      if (measured > latencies.length) {
+        const grown = new Float64Array(latencies.length * 2);
+        grown.set(latencies);
+        latencies = grown;
+      }
+      latencies[measured - errors - 1] = t1 - t0;
+    }
+  };
+  await Promise.all(Array.from({ length: plan.concurrency }, loop));
+  clearTimeout(warm);
+  clearTimeout(stop);
+  await close();
+
+  const sorted = latencies.subarray(0, measured - errors).sort();
+  const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : NaN);
+  const cpu = cpuSpent ?? process.cpuUsage(cpuAtMeasure);
+  const result: LoadResult = {
+    mode: plan.mode,
+    measured,
+    errors,
+    succeeded,
+    newSendersSucceeded,
+    failed,
+    sampleErrors,
+    rps: measured / (plan.durationMs / 1000),
+    latencyMs: {
+      p50: at(0.5),
+      p90: at(0.9),
+      p99: at(0.99),
+      max: sorted.length ? sorted[sorted.length - 1] : NaN,
+      mean: sorted.reduce((sum, v) => sum + v, 0) / (sorted.length || 1),
+    },
+    clientCpuMsPer1000: measured ? ((cpu.user + cpu.system) / 1000 / measured) * 1000 : NaN,
+  };
+  emit({ type: "result", result });
+}
+
+/** A function that sends one message (and throws unless it was stored), for the plan's mode. */
+async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
+  switch (plan.mode) {
+    case "grpc": {
+      // A gRPC client multiplexes calls over few HTTP/2 connections; more than
+      // one lets several worker processes share the load.
+      const clients = Array.from({ length: plan.h2Connections }, () =>
+        createClient(IngestService, createGrpcTransport({ baseUrl: plan.target })),
+      );
+      let turn = 0;
+      return {
+        async send(m) {
+          const client = clients[turn++ % clients.length];
+          const response = await client.ingestMessage({ source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as never });
+          if (!response.eventId) throw new Error("no event id in the response");
+        },
+        close: async () => undefined,
+      };
+    }
+    case "connect": {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency });
+      const client = createClient(
+        IngestService,
+        createConnectTransport({ baseUrl: plan.target, httpVersion: "1.1", nodeOptions: { agent } }),
+      );
+      return {
+        async send(m) {
+          const response = await client.ingestMessage({ source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as never });
+          if (!response.eventId) throw new Error("no event id in the response");
+        },
+        close: async () => agent.destroy(),
+      };
+    }
+    case "route": {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency });
+      const url = new URL("/ingest/message", plan.target);
+      return {
+        send: (m) =>
+          postJson(agent, url, JSON.stringify({ source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata })).then(
+            (body) => {
+              if (!(JSON.parse(body) as { event_id?: string }).event_id) throw new Error(`no event_id in ${body}`);
+            },
+          ),
+        close: async () => agent.destroy(),
+      };
+    }
+    case "sql":
+      return sqlFloor(plan);
+  }
+}
+
+function postJson(agent: http.Agent, url: URL, body: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      url,
+      { method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      (response) => {
+        let text = "";
+        response.setEncoding("utf8");
+        response.on("data", (chunk: string) => (text += chunk));
+        response.on("end", () => (response.statusCode === 200 ? resolve(text) : reject(new Error(`HTTP ${response.statusCode}: ${text}`))));
+        response.on("error", reject);
+      },
+    );
+    request.on("error", reject);
+    request.end(body);
+  });
+}
+
+/**
+ * The floor: what a hand-written client does for one message with the same
+ * semantics as the service, and nothing else. One statement per message
+ * (atomic on its own, so no BEGIN/COMMIT round trips): insert the contact
+ * unless its key exists, else read it, then insert the linked event. The
+ * statement is prepared once per connection. When a concurrent insert of the
+ * same new key committed after this statement's snapshot, the contact is
+ * neither inserted nor visible and nothing is written: run it again.
+ */
+async function sqlFloor(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
+  const pool = new pg.Pool({ connectionString: plan.target, max: plan.sqlPoolMax });
+  const statement = (column: "whatsapp_id" | "email") => ({
+    name: `floor_ingest_${column}`,
+    text: `
+      WITH inserted AS (
+        INSERT INTO crm_contacts (${column}) VALUES ($1) ON CONFLICT (${column}) DO NOTHING RETURNING id
+      ), contact AS (
+        SELECT id FROM inserted UNION ALL SELECT id FROM crm_contacts WHERE ${column} = $1 LIMIT 1
+      )
+      INSERT INTO crm_ingest_events (source, sender_id, content, metadata, contact_id, status)
+      SELECT $2, $3, $4, $5::jsonb, id, 'LINKED' FROM contact
+      RETURNING id`,
+  });
+  const statements = { whatsapp: statement("whatsapp_id"), email: statement("email") };
+  return {
+    async send(m) {
+      const { name, text } = statements[m.source];
+      // Keys are stored canonical, as the service stores them (e-mail trimmed and lower-cased).
+      const key = m.source === "email" ? m.senderId.trim().toLowerCase() : m.senderId.trim();
+      const values = [key, m.source, m.senderId, m.content, JSON.stringify(m.metadata)];
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const result = await pool.query({ name, text, values });
+        if (result.rowCount) return;
+      }
+      throw new Error("contact could not be found or created");
+    },
+    close: () => pool.end(),
+  };
+}
+
+main(JSON.parse(process.argv[2]) as LoadPlan).catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

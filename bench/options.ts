@@ -1,0 +1,101 @@
+/**
+ * The benchmark's options: `--name value` flags, each with a `BENCH_NAME`
+ * environment fallback (flags win), checked once with every problem named.
+ */
+import { loadConfig } from "../src/config.js";
+import type { LoadMode } from "./load.js";
+
+export interface BenchOptions {
+  /** The PostgreSQL server to create the throwaway database on. */
+  serverUrl: string;
+  concurrency: number;
+  durationS: number;
+  warmupS: number;
+  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once. */
+  scenarios: LoadMode[];
+  /** Each service scenario runs once per worker count. */
+  workers: number[];
+  /** Known senders the load draws from, and the share of messages from new ones. */
+  senders: number;
+  newShare: number;
+  /** History written before the run (the growth run): events and contacts. */
+  preloadEvents: number;
+  preloadContacts: number;
+  /** DATABASE_POOL_MAX for the server (per worker), and the floor's pool size. */
+  pool: number;
+  sqlPool: number;
+  h2Connections: number;
+  sampleMs: number;
+  keep: boolean;
+  label: string;
+}
+
+const MODES: LoadMode[] = ["sql", "grpc", "connect", "route"];
+
+export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
+  const flags = new Map<string, string>();
+  const problems: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const match = /^--([a-z-]+)(?:=(.*))?$/.exec(argv[i]);
+    if (!match) {
+      problems.push(`unexpected argument "${argv[i]}"`);
+      continue;
+    }
+    const [, name, inline] = match;
+    if (inline !== undefined) flags.set(name, inline);
+    else if (name === "preload" || name === "keep") flags.set(name, "1");
+    else if (i + 1 < argv.length) flags.set(name, argv[++i]);
+    else problems.push(`--${name} needs a value`);
+  }
+  const raw = (name: string) => flags.get(name) ?? env[`BENCH_${name.toUpperCase().replaceAll("-", "_")}`];
+  const number = (name: string, fallback: number, min: number, max: number, integer = true) => {
+    const value = raw(name);
+    if (value === undefined || value === "") return fallback;
+    const parsed = Number(value);
+    if (!Number.isFinite(parsed) || parsed < min || parsed > max || (integer && !Number.isInteger(parsed))) {
+      problems.push(`--${name} must be ${integer ? "an integer" : "a number"} from ${min} to ${max}, got "${value}"`);
+      return fallback;
+    }
+    return parsed;
+  };
+  const list = <T>(name: string, fallback: string, item: (s: string) => T | undefined): T[] => {
+    const items = (raw(name) || fallback).split(",").map((s) => s.trim());
+    const parsed = items.map(item);
+    if (parsed.some((p) => p === undefined)) problems.push(`--${name} has an unknown item in "${items.join(",")}"`);
+    return parsed.filter((p): p is T => p !== undefined);
+  };
+  const flag = (name: string) => ["1", "true", "yes"].includes(raw(name) ?? "");
+
+  const serverUrl = env.BENCH_DATABASE_URL || env.DATABASE_URL || "";
+  if (!/^postgres(ql)?:\/\//.test(serverUrl)) {
+    problems.push("set BENCH_DATABASE_URL (or DATABASE_URL) to a postgres:// server whose role may CREATE DATABASE");
+  }
+  const preload = flag("preload");
+  const defaultPool = loadConfig({}).databasePoolMax;
+  const pool = number("pool", Number(env.DATABASE_POOL_MAX) || defaultPool, 1, 1000);
+  const options: BenchOptions = {
+    serverUrl,
+    concurrency: number("concurrency", 32, 1, 10_000),
+    durationS: number("duration", 20, 0.5, 86_400, false),
+    warmupS: number("warmup", 3, 0, 3_600, false),
+    scenarios: list("scenarios", MODES.join(","), (s) => MODES.find((m) => m === s)),
+    workers: list("workers", "1,2", (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 64 ? Number(s) : undefined)),
+    senders: number("senders", 10_000, 1, 10_000_000),
+    newShare: number("new-share", 0.1, 0, 1, false),
+    preloadEvents: number("preload-events", preload ? 1_000_000 : 0, 0, 100_000_000),
+    preloadContacts: number("preload-contacts", preload ? 100_000 : 0, 0, 10_000_000),
+    pool,
+    sqlPool: number("sql-pool", pool, 1, 1000),
+    h2Connections: number("h2-connections", 4, 1, 1000),
+    sampleMs: number("sample-ms", 1000, 50, 60_000),
+    keep: flag("keep"),
+    label: raw("label") ?? "",
+  };
+  for (const name of flags.keys()) {
+    const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "senders", "new-share", "preload", "preload-events",
+      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label"];
+    if (!known.includes(name)) problems.push(`unknown option --${name}`);
+  }
+  if (problems.length > 0) throw new Error(`bench: invalid options:\n  - ${problems.join("\n  - ")}`);
+  return options;
+}

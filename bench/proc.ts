@@ -1,0 +1,73 @@
+/**
+ * CPU and memory of another process tree, read from /proc (Linux): the
+ * server runs in its own process, so process.cpuUsage() cannot see it.
+ */
+import { readFileSync, readdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+
+const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+
+/** A process and all its descendants (with WORKERS=N: the primary and its workers). */
+export function processTree(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readStat(Number(entry));
+    if (!stat) continue;
+    const list = children.get(stat.ppid) ?? [];
+    list.push(Number(entry));
+    children.set(stat.ppid, list);
+  }
+  const tree: number[] = [];
+  const walk = (pid: number) => {
+    tree.push(pid);
+    for (const child of children.get(pid) ?? []) walk(child);
+  };
+  walk(root);
+  return tree;
+}
+
+function readStat(pid: number): { ppid: number; cpuMs: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name is in parentheses and may hold spaces: split after it.
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    // Fields 4 (ppid), 14 (utime) and 15 (stime) of proc(5), counted from the state field (3).
+    const utime = Number(fields[11]);
+    const stime = Number(fields[12]);
+    return { ppid: Number(fields[1]), cpuMs: ((utime + stime) * 1000) / TICKS_PER_SECOND };
+  } catch {
+    return undefined;
+  }
+}
+
+function readStatusKb(pid: number, key: "VmRSS" | "VmHWM"): number {
+  try {
+    const match = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Summed over the given processes: CPU time used so far, resident memory now, and peak resident memory. */
+export function sample(pids: number[]): { cpuMs: number; rssMb: number; hwmMb: number } {
+  let cpuMs = 0;
+  let rssKb = 0;
+  let hwmKb = 0;
+  for (const pid of pids) {
+    cpuMs += readStat(pid)?.cpuMs ?? 0;
+    rssKb += readStatusKb(pid, "VmRSS");
+    hwmKb += readStatusKb(pid, "VmHWM");
+  }
+  return { cpuMs, rssMb: rssKb / 1024, hwmMb: hwmKb / 1024 };
+}
+
+/** Whole-machine CPU: busy and total ticks so far, to tell how much else ran during a scenario. */
+export function machineCpu(): { busy: number; total: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+  const ticks = line.split(/\s+/).slice(1).map(Number);
+  const idle = ticks[3] + (ticks[4] ?? 0);
+  const total = ticks.reduce((sum, t) => sum + (Number.isFinite(t) ? t : 0), 0);
+  return { busy: total - idle, total };
+}

@@ -1,0 +1,351 @@
+/**
+ * `npm run bench [-- --duration 30 ...]`: measures the service against the
+ * floor its database sets, in one run.
+ *
+ * Creates a throwaway database on the PostgreSQL server named by
+ * BENCH_DATABASE_URL (or DATABASE_URL), migrates and seeds it, then per
+ * scenario starts the server as a child process (`src/main.ts`, PORT=0),
+ * drives it from a separate load-generator process (bench/load.ts), samples
+ * the server's CPU and memory from /proc, and checks that every successful
+ * request left exactly one event and every new sender exactly one contact.
+ * Prints a table and writes bench/results/<timestamp>.json.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { execFileSync } from "node:child_process";
+import pg from "pg";
+import { openDatabase } from "../src/db/database.js";
+import { createMigrator } from "../src/db/migrator.js";
+import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
+import { parseOptions, type BenchOptions } from "./options.js";
+import { machineCpu, processTree, sample } from "./proc.js";
+import { preloadEventsSql, seedContactsSql } from "./traffic.js";
+
+const root = path.resolve(import.meta.dirname, "..");
+
+/** One scenario's figures, as printed and written to the JSON file. */
+interface Row {
+  scenario: LoadMode;
+  workers: number | null;
+  load: LoadResult;
+  ratioToFloor: number | null;
+  /** Server process tree (null for the floor, which has no server). */
+  serverCpuMsPer1000: number | null;
+  serverPeakRssMb: number | null;
+  serverRssMb: Array<[seconds: number, mb: number]>;
+  /** CPU of this database's PostgreSQL backends per 1,000 measured requests. */
+  postgresCpuMsPer1000: number;
+  /** Cores busy with anything else on the machine during the measured window (other work, PostgreSQL's own background). */
+  otherCores: number;
+  serverErrorLines: number;
+  checks: { eventsStored: number; contactsCreated: number; ok: boolean; problems: string[] };
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2), process.env);
+  const name = `aurora_bench_${randomBytes(5).toString("hex")}`;
+  const serverUrl = new URL(options.serverUrl);
+  const benchUrl = new URL(options.serverUrl);
+  benchUrl.pathname = `/${name}`;
+  console.log(`bench: database ${name} on ${serverUrl.hostname}:${serverUrl.port || 5432}; ${os.cpus().length} cores, load ${os.loadavg()[0].toFixed(2)}`);
+
+  await admin(serverUrl, `CREATE DATABASE ${name}`);
+  const db = new pg.Client({ connectionString: benchUrl.toString() });
+  try {
+    const migrating = await openDatabase({ kind: "postgres", url: benchUrl.toString() }, { poolMax: 2 });
+    await createMigrator(migrating.sequelize).up();
+    await migrating.close();
+    await db.connect();
+    await prepare(db, options);
+    const startedAt = new Date();
+    const loadBefore = os.loadavg();
+    const before = await counts(db);
+    const beforeProblems = await integrity(db);
+    if (beforeProblems.length) throw new Error(`database inconsistent before the run: ${beforeProblems.join("; ")}`);
+
+    const rows: Row[] = [];
+    let run = 0;
+    for (const scenario of options.scenarios) {
+      for (const workers of scenario === "sql" ? [null] : options.workers) {
+        run++;
+        const tag = String(run).padStart(2, "0").slice(-2);
+        process.stdout.write(`bench: ${scenario}${workers ? ` workers=${workers}` : ""} ... `);
+        const row = await runScenario(db, options, benchUrl.toString(), scenario, workers, tag);
+        rows.push(row);
+        const l = row.load;
+        console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
+      }
+    }
+
+    const floors = rows.filter((r) => r.scenario === "sql").map((r) => r.load.rps);
+    const floor = floors.length ? floors.reduce((a, b) => a + b, 0) / floors.length : null;
+    for (const row of rows) row.ratioToFloor = floor ? row.load.rps / floor : null;
+    const after = await counts(db);
+    const afterProblems = await integrity(db);
+
+    printTable(rows, options);
+    const ok = rows.every((r) => r.checks.ok) && afterProblems.length === 0;
+    console.log(
+      `checks: events ${before.events} -> ${after.events}, contacts ${before.contacts} -> ${after.contacts}; ` +
+        (ok ? "nothing lost, no contact duplicated, every link matches its sender" : `FAILED: ${afterProblems.join("; ")}`),
+    );
+
+    const result = {
+      startedAt: startedAt.toISOString(),
+      label: options.label,
+      commit: gitCommit(),
+      machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 2 ** 30), loadBefore, loadAfter: os.loadavg() },
+      options: { ...options, serverUrl: `${serverUrl.hostname}:${serverUrl.port || 5432}` },
+      floorRps: floor,
+      before: { ...before, problems: beforeProblems },
+      after: { ...after, problems: afterProblems },
+      rows,
+    };
+    const dir = path.join(root, "bench/results");
+    await mkdir(dir, { recursive: true });
+    const file = path.join(dir, `${startedAt.toISOString().replaceAll(":", "-").replace(/\..*/, "")}${options.label ? `-${options.label}` : ""}.json`);
+    await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
+    console.log(`bench: written ${path.relative(process.cwd(), file)}`);
+    if (!ok) process.exitCode = 1;
+  } finally {
+    await db.end().catch(() => undefined);
+    if (options.keep) console.log(`bench: kept database ${name}`);
+    else await admin(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  }
+}
+
+async function admin(url: URL, sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url.toString() });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Seeds the known senders (and the growth run's history) with set-based SQL, then refreshes statistics. */
+async function prepare(db: pg.Client, options: BenchOptions): Promise<void> {
+  const started = Date.now();
+  await db.query(seedContactsSql, [Math.max(options.senders, options.preloadContacts)]);
+  if (options.preloadEvents > 0) {
+    await db.query(preloadEventsSql, [options.preloadEvents, Math.max(options.senders, options.preloadContacts)]);
+  }
+  await db.query("VACUUM ANALYZE crm_contacts, crm_ingest_events");
+  const { contacts, events } = await counts(db);
+  console.log(`bench: seeded ${contacts} contacts and ${events} events in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+async function counts(db: pg.Client): Promise<{ events: number; contacts: number }> {
+  const { rows } = await db.query<{ events: string; contacts: string }>(
+    "SELECT (SELECT count(*) FROM crm_ingest_events) AS events, (SELECT count(*) FROM crm_contacts) AS contacts",
+  );
+  return { events: Number(rows[0].events), contacts: Number(rows[0].contacts) };
+}
+
+/** Whatever must never happen, counted: duplicated contacts, links to the wrong contact, LINKED events without one. */
+async function integrity(db: pg.Client): Promise<string[]> {
+  const { rows } = await db.query<Record<string, string>>(`
+    SELECT
+      (SELECT count(*) FROM (SELECT whatsapp_id FROM crm_contacts WHERE whatsapp_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d)
+      + (SELECT count(*) FROM (SELECT email FROM crm_contacts WHERE email IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d) AS duplicated_contacts,
+      (SELECT count(*) FROM crm_ingest_events e JOIN crm_contacts c ON c.id = e.contact_id
+        WHERE coalesce(c.whatsapp_id, c.email) <> lower(trim(e.sender_id))) AS mislinked_events,
+      (SELECT count(*) FROM crm_ingest_events WHERE status = 'LINKED' AND contact_id IS NULL) AS unlinked_linked_events`);
+  return Object.entries(rows[0])
+    .filter(([, n]) => Number(n) > 0)
+    .map(([what, n]) => `${n} ${what.replaceAll("_", " ")}`);
+}
+
+async function runScenario(
+  db: pg.Client,
+  options: BenchOptions,
+  databaseUrl: string,
+  scenario: LoadMode,
+  workers: number | null,
+  tag: string,
+): Promise<Row> {
+  const before = await counts(db);
+  const server = workers === null ? undefined : await startServer(databaseUrl, workers, options.pool);
+  const serverPids = server ? processTree(server.child.pid!) : [];
+  const plan: LoadPlan = {
+    mode: scenario,
+    target: server?.baseUrl ?? databaseUrl,
+    concurrency: options.concurrency,
+    warmupMs: options.warmupS * 1000,
+    durationMs: options.durationS * 1000,
+    poolSize: options.senders,
+    newShare: options.newShare,
+    tag,
+    sqlPoolMax: options.sqlPool,
+    h2Connections: options.h2Connections,
+  };
+
+  type Snapshot = { at: number; server: ReturnType<typeof sample>; postgresMs: number; machine: ReturnType<typeof machineCpu>; loadMs: number };
+  let backendPids: number[] = [];
+  let load: ChildProcess | undefined;
+  const snapshot = (): Snapshot => ({
+    at: Date.now(),
+    server: sample(serverPids),
+    postgresMs: sample(backendPids).cpuMs,
+    machine: machineCpu(),
+    loadMs: load?.pid ? sample([load.pid]).cpuMs : 0,
+  });
+
+  const started = Date.now();
+  const rss: Array<[number, number]> = [];
+  let peakRss = 0;
+  const sampler = setInterval(() => {
+    if (!server) return;
+    const now = sample(serverPids).rssMb;
+    peakRss = Math.max(peakRss, now);
+    rss.push([Math.round((Date.now() - started) / 100) / 10, Math.round(now * 10) / 10]);
+  }, options.sampleMs);
+
+  let first: Snapshot | undefined;
+  let last: Snapshot | undefined;
+  let result: LoadResult | undefined;
+  let stderr = "";
+  try {
+    load = spawn(process.execPath, ["--import", "tsx", "bench/load.ts", JSON.stringify(plan)], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    load.stderr!.on("data", (chunk) => (stderr += chunk));
+    const exited = new Promise<number | null>((resolve) => load!.once("exit", resolve));
+    for await (const line of createInterface({ input: load.stdout! })) {
+      const message = JSON.parse(line) as { type: string; result?: LoadResult };
+      if (message.type === "measuring") {
+        backendPids = await postgresBackends(db);
+        first = snapshot();
+      } else if (message.type === "stopped") {
+        last = snapshot();
+      } else if (message.type === "result") {
+        result = message.result;
+      }
+    }
+    const code = await exited;
+    if (code !== 0 || !result || !first || !last) throw new Error(`load generator failed (exit ${code}):\n${stderr}`);
+  } finally {
+    clearInterval(sampler);
+    if (server) await server.stop();
+  }
+
+  const after = await counts(db);
+  const problems: string[] = [];
+  const eventsStored = after.events - before.events;
+  const contactsCreated = after.contacts - before.contacts;
+  if (eventsStored !== result.succeeded) problems.push(`${eventsStored} events stored for ${result.succeeded} successful requests`);
+  if (contactsCreated !== result.newSendersSucceeded) {
+    problems.push(`${contactsCreated} contacts created for ${result.newSendersSucceeded} new senders`);
+  }
+  const perThousand = (ms: number) => (result.measured ? (ms / result.measured) * 1000 : NaN);
+  const machine = {
+    busy: last.machine.busy - first.machine.busy,
+    total: last.machine.total - first.machine.total,
+  };
+  const oursMs = last.server.cpuMs - first.server.cpuMs + (last.postgresMs - first.postgresMs) + (last.loadMs - first.loadMs);
+  const seconds = (last.at - first.at) / 1000;
+  const busyCores = machine.total ? (machine.busy / machine.total) * os.cpus().length : 0;
+  return {
+    scenario,
+    workers,
+    load: result,
+    ratioToFloor: null,
+    serverCpuMsPer1000: server ? perThousand(last.server.cpuMs - first.server.cpuMs) : null,
+    serverPeakRssMb: server ? Math.max(peakRss, last.server.rssMb) : null,
+    serverRssMb: rss,
+    postgresCpuMsPer1000: perThousand(last.postgresMs - first.postgresMs),
+    otherCores: Math.max(0, busyCores - oursMs / 1000 / seconds),
+    serverErrorLines: server?.errorLines() ?? 0,
+    checks: { eventsStored, contactsCreated, ok: problems.length === 0, problems },
+  };
+}
+
+/** The PostgreSQL backend processes serving this database (the server's or the floor's pool), for CPU accounting. */
+async function postgresBackends(db: pg.Client): Promise<number[]> {
+  const { rows } = await db.query<{ pid: number }>(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+  );
+  return rows.map((r) => r.pid);
+}
+
+/** Starts `src/main.ts` over the bench database and resolves once it says where it listens. */
+function startServer(databaseUrl: string, workers: number, poolMax: number) {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+    cwd: root,
+    env: { ...process.env, DATABASE_URL: databaseUrl, HOST: "127.0.0.1", PORT: "0", WORKERS: String(workers), DATABASE_POOL_MAX: String(poolMax) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  let errorLines = 0;
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  return new Promise<{ child: ChildProcess; baseUrl: string; errorLines: () => number; stop: () => Promise<void> }>((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Buffer) => {
+      output += chunk;
+      const match = /listening on (http:\/\/\S+)/.exec(output);
+      if (match) {
+        resolve({
+          child,
+          baseUrl: match[1],
+          errorLines: () => errorLines,
+          async stop() {
+            child.kill("SIGTERM");
+            const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+            await exited;
+            clearTimeout(timer);
+          },
+        });
+      }
+    });
+    child.stderr!.on("data", (chunk: Buffer) => {
+      output += chunk;
+      errorLines += String(chunk).split("\n").filter(Boolean).length;
+    });
+    void exited.then((code) => reject(new Error(`server exited with ${code} before listening:\n${output}`)));
+  });
+}
+
+function printTable(rows: Row[], options: BenchOptions): void {
+  const fixed = (n: number | null, digits = 1) => (n === null || !Number.isFinite(n) ? "-" : n.toFixed(digits));
+  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "srv CPU ms/1k", "srv peak MB", "pg CPU ms/1k", "client CPU ms/1k", "other cores"];
+  const lines = rows.map((r) => [
+    r.scenario === "sql" ? "raw SQL floor" : { grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message" }[r.scenario],
+    r.workers === null ? "-" : String(r.workers),
+    fixed(r.load.rps, 0),
+    fixed(r.load.latencyMs.p50),
+    fixed(r.load.latencyMs.p90),
+    fixed(r.load.latencyMs.p99),
+    String(r.load.errors),
+    fixed(r.ratioToFloor, 2),
+    fixed(r.serverCpuMsPer1000, 0),
+    fixed(r.serverPeakRssMb, 0),
+    fixed(r.postgresCpuMsPer1000, 0),
+    fixed(r.load.clientCpuMsPer1000, 0),
+    fixed(r.otherCores, 2),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const format = (cells: string[]) => `| ${cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ")} |`;
+  console.log(
+    `\n${options.concurrency} concurrent clients, ${options.durationS} s measured after ${options.warmupS} s warm-up, ` +
+      `pool ${options.pool} per worker (floor ${options.sqlPool}), ${os.cpus().length} cores\n`,
+  );
+  console.log(format(header));
+  console.log(`|${widths.map((w, i) => (i < 2 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`);
+  for (const line of lines) console.log(format(line));
+  console.log("");
+}
+
+function gitCommit(): string | undefined {
+  try {
+    return execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: root, encoding: "utf8" }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});
