@@ -8,11 +8,12 @@
  * the same logical work straight on a `pg` pool: the database's floor.
  */
 import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
 import { performance } from "node:perf_hooks";
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { create, fromBinary, toBinary, type JsonObject } from "@bufbuild/protobuf";
 import pg from "pg";
-import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { messageSource, type Message } from "./traffic.js";
 
 export type LoadMode = "grpc" | "connect" | "route" | "sql";
@@ -143,55 +144,90 @@ async function main(plan: LoadPlan): Promise<void> {
   emit({ type: "result", result });
 }
 
-/** A function that sends one message (and throws unless it was stored), for the plan's mode. */
+/**
+ * A function that sends one message (and throws unless it was stored), for
+ * the plan's mode. The clients are minimal (node:http, node:http2) so that
+ * the load generator's own CPU stays small next to the server's on the same
+ * machine; the protocol work measured is the server's.
+ */
 async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
   switch (plan.mode) {
     case "grpc": {
       // A gRPC client multiplexes calls over few HTTP/2 connections; more than
       // one lets several worker processes share the load.
-      const clients = Array.from({ length: plan.h2Connections }, () =>
-        createClient(IngestService, createGrpcTransport({ baseUrl: plan.target })),
+      const { hostname, port } = new URL(plan.target);
+      const sessions = Array.from({ length: plan.h2Connections }, () =>
+        http2.connect(plan.target, { createConnection: () => net.connect({ host: hostname, port: Number(port), noDelay: true }) }),
       );
       let turn = 0;
       return {
-        async send(m) {
-          const client = clients[turn++ % clients.length];
-          const response = await client.ingestMessage({ source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as never });
-          if (!response.eventId) throw new Error("no event id in the response");
+        send: (m) => grpcCall(sessions[turn++ % sessions.length], m),
+        close: async () => {
+          for (const session of sessions) session.close();
         },
-        close: async () => undefined,
       };
     }
-    case "connect": {
-      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency });
-      const client = createClient(
-        IngestService,
-        createConnectTransport({ baseUrl: plan.target, httpVersion: "1.1", nodeOptions: { agent } }),
-      );
-      return {
-        async send(m) {
-          const response = await client.ingestMessage({ source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as never });
-          if (!response.eventId) throw new Error("no event id in the response");
-        },
-        close: async () => agent.destroy(),
-      };
-    }
+    case "connect":
     case "route": {
-      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency });
-      const url = new URL("/ingest/message", plan.target);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true } as http.AgentOptions);
+      const connect = plan.mode === "connect";
+      const url = new URL(connect ? INGEST_MESSAGE_PATH : "/ingest/message", plan.target);
       return {
-        send: (m) =>
-          postJson(agent, url, JSON.stringify({ source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata })).then(
-            (body) => {
-              if (!(JSON.parse(body) as { event_id?: string }).event_id) throw new Error(`no event_id in ${body}`);
-            },
-          ),
+        send: async (m) => {
+          const request = connect
+            ? { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata }
+            : { source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata };
+          const body = JSON.parse(await postJson(agent, url, JSON.stringify(request))) as { eventId?: string; event_id?: string };
+          if (!(connect ? body.eventId : body.event_id)) throw new Error(`no event id in ${JSON.stringify(body)}`);
+        },
         close: async () => agent.destroy(),
       };
     }
     case "sql":
       return sqlFloor(plan);
   }
+}
+
+const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
+
+/** One unary gRPC call: a length-prefixed protobuf message out, status from the trailers (or trailers-only headers). */
+function grpcCall(session: http2.ClientHttp2Session, m: Message): Promise<void> {
+  const message = toBinary(
+    IngestMessageRequestSchema,
+    create(IngestMessageRequestSchema, { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as JsonObject }),
+  );
+  const frame = Buffer.allocUnsafe(5 + message.length);
+  frame[0] = 0;
+  frame.writeUInt32BE(message.length, 1);
+  frame.set(message, 5);
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ":method": "POST", ":path": INGEST_MESSAGE_PATH, "content-type": "application/grpc", te: "trailers" });
+    const chunks: Buffer[] = [];
+    let status: string | undefined;
+    let statusMessage = "";
+    const take = (headers: http2.IncomingHttpHeaders) => {
+      if (headers["grpc-status"] !== undefined) {
+        status = String(headers["grpc-status"]);
+        statusMessage = decodeURIComponent(String(headers["grpc-message"] ?? ""));
+      }
+    };
+    stream.on("response", take);
+    stream.on("trailers", take);
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("error", reject);
+    stream.on("close", () => {
+      try {
+        if (status !== "0") throw new Error(`grpc-status ${status}: ${statusMessage}`);
+        const body = Buffer.concat(chunks);
+        const response = fromBinary(IngestMessageResponseSchema, body.subarray(5, 5 + body.readUInt32BE(1)));
+        if (!response.eventId) throw new Error("no event id in the response");
+        resolve();
+      } catch (error) {
+        reject(error);
+      }
+    });
+    stream.end(frame);
+  });
 }
 
 function postJson(agent: http.Agent, url: URL, body: string): Promise<string> {
