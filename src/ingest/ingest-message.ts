@@ -1,7 +1,8 @@
-import { QueryTypes, type Transaction } from "sequelize";
+import { UniqueConstraintError } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { DuplicateConflictError } from "../errors.js";
 import type { IngestEventStatus } from "../db/models/IngestEvent.js";
+import { runPrepared, type PreparedStatement } from "../db/prepared-statement.js";
 import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
 
 /** What the command works with: the database, and the settings of the identity rules. */
@@ -35,25 +36,29 @@ export interface IngestMessageResult {
  * Stores an inbound message as an ingest event and links it to the one
  * contact its sender resolves to, creating that contact when it is new.
  *
- * Design: everything happens in one transaction. The contact is resolved
- * first and the event is written once, already carrying its outcome
- * (LINKED with its contact, RECEIVED when the source has no identity rule,
- * ERROR with the reason when the sender cannot be an identity). Because the
- * event and its link commit together, no reader ever sees a RECEIVED event
- * that is about to become LINKED, a failed request leaves nothing behind, and
- * a link can never point at a contact that was rolled back. A success means
- * the commit happened.
+ * Design: the command owns its transaction, and that transaction is a single
+ * statement. PostgreSQL runs every statement atomically (outside BEGIN, as a
+ * transaction of its own), so the one statement that writes the event,
+ * already carrying its outcome (LINKED with its contact, RECEIVED when the
+ * source has no identity rule, ERROR with the reason when the sender cannot
+ * be an identity), and creates its contact commits both or neither. No reader
+ * ever sees a RECEIVED event that is about to become LINKED, a failed request
+ * leaves nothing behind, and a link can never point at a contact that was
+ * rolled back. A success means the commit happened. A new message costs one
+ * round trip and one commit (the statement is prepared once per connection,
+ * so PostgreSQL does not parse and plan it for every message), where BEGIN,
+ * contact, event and COMMIT took four.
  *
  * Retries: the event is inserted with ON CONFLICT (source, external_id) DO
  * NOTHING, so the unique index, not this process, decides which of any
  * number of concurrent copies is the original (a copy that arrives while the
- * original is uncommitted waits for it). A copy inserts nothing; it then reads
- * the original and rolls its transaction back. That rollback is what keeps a
- * duplicate from creating a contact: the contact was resolved before the
- * conflict could be known, and is undone with everything else, so a retry
- * that carries a different sender never leaves that sender behind. Resolving
- * the contact first keeps the common path (a new message) at two statements
- * and one write per row; only a duplicate pays for the extra read.
+ * original is uncommitted waits for it). Within the statement the event is
+ * written first and a new sender's contact only when the event was, so a copy
+ * writes nothing at all: a retry that carries a different sender never leaves
+ * that sender behind. (The event may name a contact inserted after it in the
+ * same statement: PostgreSQL checks foreign keys when the statement ends.) A
+ * copy then reads the original, with a fresh snapshot that sees it, at the
+ * cost of one more round trip that only duplicates pay.
  *
  * A copy is a duplicate when its sender_id and content equal the original's,
  * and is answered with the original's ids. Metadata is not compared: gateways
@@ -63,66 +68,87 @@ export interface IngestMessageResult {
  * message: `DuplicateConflictError`, naming the original event.
  */
 export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
-  const transaction = await dependencies.sequelize.transaction();
-  let outcome: Awaited<ReturnType<typeof writeEvent>>;
-  try {
-    outcome = await writeEvent(dependencies, input, transaction);
-  } catch (error) {
-    await transaction.rollback().catch(() => undefined); // the first error is the one that matters
-    throw error;
-  }
-  if (outcome.stored) {
-    await transaction.commit();
-    return outcome.result;
-  }
-  await transaction.rollback();
-  return replayOf(outcome.original, input);
-}
-
-/** Resolves the contact and inserts the event; when the external_id is already stored, reads that original instead. */
-async function writeEvent(
-  dependencies: IngestDependencies,
-  input: IngestMessageInput,
-  transaction: Transaction,
-): Promise<{ stored: true; result: IngestMessageResult } | { stored: false; original: StoredEvent }> {
   const { sequelize } = dependencies;
   const identity = senderIdentity(input.source, input.senderId, dependencies);
-  let contactId: string | null = null;
-  let contactCreated = false;
-  let status: IngestEventStatus = "RECEIVED";
-  let error: string | null = null;
+  const event = [input.source, input.senderId, input.content, JSON.stringify(input.metadata), input.externalId];
   if (identity.kind === "contact") {
-    ({ id: contactId, created: contactCreated } = await findOrCreateContact(sequelize, identity.key, transaction));
-    status = "LINKED";
-  } else if (identity.kind === "invalid") {
-    status = "ERROR";
-    error = identity.reason;
+    const stored = await storeLinkedEvent(sequelize, identity.key, event);
+    if (stored) return { ...stored, status: "LINKED", error: null, duplicate: false };
+  } else {
+    const status: IngestEventStatus = identity.kind === "invalid" ? "ERROR" : "RECEIVED";
+    const error = identity.kind === "invalid" ? identity.reason : null;
+    const [row] = await runPrepared<{ id: string }>(sequelize, INSERT_EVENT, [...event, status, error]);
+    if (row) return { eventId: row.id, contactId: null, contactCreated: false, status, error, duplicate: false };
   }
-  const eventId = await insertEvent(sequelize, { ...input, contactId, status, error }, transaction);
-  if (eventId !== undefined) return { stored: true, result: { eventId, contactId, contactCreated, status, error, duplicate: false } };
-  // Only an external_id can conflict. READ COMMITTED gives this statement a
-  // fresh snapshot, which sees the original: the INSERT above did nothing
-  // only because the original was committed.
-  return { stored: false, original: await findEventByExternalId(sequelize, input.source, input.externalId!, transaction) };
+  // Nothing was stored: only an external_id can conflict, and the original is committed.
+  const [original] = await runPrepared<StoredEvent>(sequelize, FIND_EVENT_BY_EXTERNAL_ID, [input.source, input.externalId]);
+  if (!original) throw new Error(`event with source ${input.source} and a conflicting external_id could not be read`);
+  return replayOf(original, input);
 }
 
-type NewEvent = IngestMessageInput & { contactId: string | null; status: IngestEventStatus; error: string | null };
+const INSERT_EVENT: PreparedStatement = {
+  name: "ingest_event",
+  text: `
+    INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, status, error)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING id`,
+};
 
-/** Inserts the event and returns its id, or undefined when its (source, external_id) is already stored. */
-async function insertEvent(sequelize: Sequelize, event: NewEvent, transaction: Transaction): Promise<string | undefined> {
-  const rows = await sequelize.query<{ id: string }>(
-    `INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status, error)
-     VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)
-     ON CONFLICT (source, external_id) DO NOTHING
-     RETURNING id`,
-    {
-      bind: [event.source, event.senderId, event.content, JSON.stringify(event.metadata), event.externalId, event.contactId, event.status, event.error],
-      type: QueryTypes.SELECT,
-      transaction,
-    },
-  );
-  return rows[0]?.id;
+/**
+ * Writes the event linked to the contact with this key, creating the contact
+ * when there is none, in one statement built once per key column (the column
+ * name comes from a fixed union, never from the request). Returns undefined
+ * when the event's external_id is already stored: then nothing was written.
+ *
+ * The unique index on the key column decides races between messages of one
+ * new sender: each statement picks an id for the contact it did not find,
+ * and when another commits that contact first, ours hits the index, the
+ * whole statement is undone, and it runs again with a fresh snapshot that
+ * finds the contact.
+ */
+async function storeLinkedEvent(
+  sequelize: Sequelize,
+  key: ContactKey,
+  event: Array<string | null>,
+): Promise<{ eventId: string; contactId: string; contactCreated: boolean } | undefined> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const [row] = await runPrepared<{ id: string; contact_id: string; created: boolean }>(sequelize, INSERT_LINKED_EVENT[key.column], [
+        key.value,
+        ...event,
+      ]);
+      return row && { eventId: row.id, contactId: row.contact_id, contactCreated: row.created };
+    } catch (error) {
+      if (!(error instanceof UniqueConstraintError) || attempt === 3) throw error;
+    }
+  }
 }
+
+const insertLinkedEvent = (column: ContactKey["column"]): PreparedStatement => ({
+  name: `ingest_linked_event_${column}`,
+  text: `
+    WITH existing AS (
+      SELECT id FROM crm_contacts WHERE ${column} = $1
+    ), contact AS (
+      SELECT coalesce((SELECT id FROM existing), gen_random_uuid()) AS id, NOT EXISTS (SELECT FROM existing) AS is_new
+    ), event AS (
+      INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status)
+      SELECT $2, $3, $4, $5::jsonb, $6, contact.id, 'LINKED' FROM contact
+      ON CONFLICT (source, external_id) DO NOTHING
+      RETURNING id, contact_id
+    ), created AS (
+      INSERT INTO crm_contacts (id, ${column})
+      SELECT contact.id, $1 FROM contact, event WHERE contact.is_new
+      RETURNING id
+    )
+    SELECT event.id, event.contact_id, EXISTS (SELECT FROM created) AS created FROM event`,
+});
+
+const INSERT_LINKED_EVENT: Record<ContactKey["column"], PreparedStatement> = {
+  whatsapp_id: insertLinkedEvent("whatsapp_id"),
+  email: insertLinkedEvent("email"),
+};
 
 interface StoredEvent {
   id: string;
@@ -133,14 +159,10 @@ interface StoredEvent {
   error: string | null;
 }
 
-async function findEventByExternalId(sequelize: Sequelize, source: string, externalId: string, transaction: Transaction): Promise<StoredEvent> {
-  const [event] = await sequelize.query<StoredEvent>(
-    "SELECT id, sender_id, content, contact_id, status, error FROM crm_ingest_events WHERE source = $1 AND external_id = $2",
-    { bind: [source, externalId], type: QueryTypes.SELECT, transaction },
-  );
-  if (!event) throw new Error(`event with source ${source} and a conflicting external_id could not be read`);
-  return event;
-}
+const FIND_EVENT_BY_EXTERNAL_ID: PreparedStatement = {
+  name: "ingest_find_event_by_external_id",
+  text: "SELECT id, sender_id, content, contact_id, status, error FROM crm_ingest_events WHERE source = $1 AND external_id = $2",
+};
 
 /** Answers a retry with the original event, or refuses it when the key was reused for a different message. */
 function replayOf(original: StoredEvent, input: IngestMessageInput): IngestMessageResult {
@@ -149,7 +171,7 @@ function replayOf(original: StoredEvent, input: IngestMessageInput): IngestMessa
     ...(original.content !== input.content ? ["content"] : []),
   ];
   if (differing.length > 0) throw new DuplicateConflictError(original.id, differing);
-  // Any contact this copy created was rolled back with it.
+  // A copy writes nothing, so it created no contact.
   return {
     eventId: original.id,
     contactId: original.contact_id,
@@ -158,37 +180,4 @@ function replayOf(original: StoredEvent, input: IngestMessageInput): IngestMessa
     error: original.error,
     duplicate: true,
   };
-}
-
-/**
- * Returns the id of the contact with this key, creating it if there is none,
- * and whether it was created here.
- * The unique index on the key column decides races: a concurrent insert of
- * the same key makes ours do nothing (after waiting for the other to commit),
- * and we read the winner's row instead. The read runs with the INSERT's
- * snapshot, which may predate the winner's commit, so an empty answer is
- * retried once more with a fresh snapshot. That snapshot also hides the row
- * the INSERT adds, so exactly one branch answers and `created` says which.
- */
-async function findOrCreateContact(
-  sequelize: Sequelize,
-  key: ContactKey,
-  transaction: Transaction,
-): Promise<{ id: string; created: boolean }> {
-  // The column name comes from a fixed union, never from the request.
-  const sql = `
-    WITH inserted AS (
-      INSERT INTO crm_contacts (${key.column}) VALUES ($1)
-      ON CONFLICT (${key.column}) DO NOTHING
-      RETURNING id
-    )
-    SELECT id, true AS created FROM inserted
-    UNION ALL
-    SELECT id, false AS created FROM crm_contacts WHERE ${key.column} = $1
-    LIMIT 1`;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const rows = await sequelize.query<{ id: string; created: boolean }>(sql, { bind: [key.value], type: QueryTypes.SELECT, transaction });
-    if (rows.length > 0) return rows[0];
-  }
-  throw new Error(`contact for ${key.column} could not be found or created`);
 }
