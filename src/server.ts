@@ -147,6 +147,9 @@ export function buildServer(options: ServerOptions): IngestServer {
       )
     : createServer(listener);
   server.on("connection", track(sockets));
+  // A response leaves in several small writes (HTTP/2 headers, data and
+  // trailers); with Nagle on, the later ones wait for the client's delayed ACK.
+  server.on("connection", (socket: Socket) => socket.setNoDelay(true));
   server.on("secureConnection", track(sockets));
   server.on("session", track(sessions));
 
