@@ -75,16 +75,24 @@ async function main(plan: LoadPlan): Promise<void> {
   const start = performance.now();
   const measureFrom = start + plan.warmupMs;
   const stopAt = measureFrom + plan.durationMs;
+  // Tell bench/run.ts when the measured window opens and closes, so it can
+  // sample the server at the same moments. The timers may fire late on a
+  // busy machine; the loops' end closes the window at the latest.
   let cpuAtMeasure: NodeJS.CpuUsage | undefined;
-  const warm = setTimeout(() => {
+  const measuring = () => {
+    if (cpuAtMeasure) return;
     cpuAtMeasure = process.cpuUsage();
     emit({ type: "measuring" });
-  }, plan.warmupMs);
+  };
   let cpuSpent: NodeJS.CpuUsage | undefined;
-  const stop = setTimeout(() => {
+  const stopped = () => {
+    if (cpuSpent) return;
+    measuring();
     cpuSpent = process.cpuUsage(cpuAtMeasure);
     emit({ type: "stopped" });
-  }, plan.warmupMs + plan.durationMs);
+  };
+  const warm = setTimeout(measuring, plan.warmupMs);
+  const stop = setTimeout(stopped, plan.warmupMs + plan.durationMs);
 
   const loop = async () => {
     while (performance.now() < stopAt) {
@@ -118,11 +126,12 @@ async function main(plan: LoadPlan): Promise<void> {
   await Promise.all(Array.from({ length: plan.concurrency }, loop));
   clearTimeout(warm);
   clearTimeout(stop);
+  stopped();
   await close();
 
   const sorted = latencies.subarray(0, measured - errors).sort();
   const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : NaN);
-  const cpu = cpuSpent ?? process.cpuUsage(cpuAtMeasure);
+  const cpu = cpuSpent!;
   const result: LoadResult = {
     mode: plan.mode,
     measured,
