@@ -13,7 +13,7 @@ export interface Config {
   databaseUrl: string | undefined;
   /** Folder that holds the embedded database's files. */
   embeddedDataDir: string;
-  /** Upper bound on open database connections. */
+  /** Upper bound on open database connections, per process. */
   databasePoolMax: number;
   /** Region (ISO 3166-1 alpha-2) whose national numbers a WhatsApp id without country code is read as. */
   defaultPhoneRegion: PhoneRegion;
@@ -31,6 +31,8 @@ export interface Config {
   apiTokens: string[];
   /** TLS on the one port (PEM contents); with `clientCa`, clients must present a certificate it signed. */
   tls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
+  /** Processes serving the one port (node:cluster); above 1 only with PostgreSQL. */
+  workers: number;
 }
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
@@ -163,7 +165,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
     apiTokens,
     tls: cert && key ? { cert, key, clientCa } : undefined,
+    workers: integer("WORKERS", 1, 1, 64),
   };
+  if (config.workers > 1 && databaseUrl === undefined) {
+    problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }

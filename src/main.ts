@@ -1,7 +1,10 @@
 /**
  * Entry point: configuration, then the logger, the database, the metrics and
- * the server, then the signals that stop it.
+ * the server, then the signals that stop it. With WORKERS=N the first process
+ * only checks the schema and starts N workers that each do all of that on the
+ * one port.
  */
+import cluster from "node:cluster";
 import { Registry } from "prom-client";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { openDatabase, type Database } from "./db/database.js";
@@ -10,16 +13,26 @@ import { DatabaseHealth } from "./health/database-health.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
 import { buildServer } from "./server.js";
+import { startWorkers } from "./workers.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
     config.databaseUrl ? { kind: "postgres", url: config.databaseUrl } : { kind: "embedded", dataDir: config.embeddedDataDir },
-    { poolMax: config.databasePoolMax, timeoutMs: config.databaseTimeoutMs },
+    { poolMax: cluster.isPrimary && config.workers > 1 ? 1 : config.databasePoolMax, timeoutMs: config.databaseTimeoutMs },
   );
   // Every start-up line names the database (never its password) and, once known, the schema version.
   const startLog = log.child({ database: database.description });
   const schema = await prepareSchema(database, startLog);
   const readyLog = startLog.child({ schemaVersion: schema.version });
+  const where = ({ address, port }: { address: string; port: number }) =>
+    `${config.tls ? "https" : "http"}://${address.includes(":") ? `[${address}]` : address}:${port} ` +
+    `(${database.description}, schema ${describeSchema(schema)}, ${config.apiTokens.length ? "bearer tokens" : "no authentication"})`;
+  if (cluster.isPrimary && config.workers > 1) {
+    await database.close();
+    const address = await startWorkers(config.workers, (message) => readyLog.info(message));
+    readyLog.info(`aurora-crm-ingest listening on ${where(address)} with ${config.workers} workers`);
+    return;
+  }
 
   const health = new DatabaseHealth({ sequelize: database.sequelize, log });
   const metrics = createMetrics(new Registry(), database.sequelize);
@@ -35,9 +48,8 @@ async function main(config: Config, log: Logger): Promise<void> {
     requestTimeoutMs: config.databaseTimeoutMs,
   });
   const address = await server.listen(config.port, config.host);
-  const url = `${config.tls ? "https" : "http"}://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
-  const auth = config.apiTokens.length ? "bearer tokens" : "no authentication";
-  readyLog.info(`aurora-crm-ingest listening on ${url} (${database.description}, schema ${describeSchema(schema)}, ${auth})`);
+  // With WORKERS=N the primary says where the service listens, once all workers do.
+  readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
 
   let stopping = false;
   const stop = async (signal: string) => {

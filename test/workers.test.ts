@@ -1,0 +1,43 @@
+import { afterAll, describe, expect, it } from "vitest";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { runScript, startService } from "./support/process.js";
+import { postJson } from "./support/server.js";
+
+describe("WORKERS", () => {
+  it("above 1 is refused with the embedded database, naming the reason", async () => {
+    const result = await runScript("src/main.ts", [], { DATABASE_URL: "", WORKERS: "2", PORT: "0" });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain("WORKERS above 1 needs DATABASE_URL");
+  });
+
+  it("must be a positive integer", async () => {
+    const result = await runScript("src/main.ts", [], { WORKERS: "0", PORT: "0" });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain("WORKERS must be an integer from 1 to 64");
+  });
+
+  describe.runIf(databaseKind === "postgres")("against PostgreSQL", () => {
+    let database: TestDatabase;
+    afterAll(async () => database?.close());
+
+    it("serves one port from 2 worker processes and stops them all on SIGTERM", async () => {
+      database = await createTestDatabase({ poolMax: 1 });
+      const service = await startService({ DATABASE_URL: database.url, WORKERS: "2" });
+      // "close" comes after the output is read to its end.
+      const exited = new Promise((resolve) => service.child.once("close", resolve));
+      expect(service.output()).toContain("2 workers");
+
+      const responses = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          postJson(service.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511955554444", content: `m${i}`, metadata: {} }),
+        ),
+      );
+      expect(responses.map((r) => r.status)).toEqual(Array(6).fill(200));
+      expect(new Set(responses.map((r) => r.body.contact_id)).size).toBe(1);
+
+      service.child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      expect(service.output().match(/finishing requests in flight/g)).toHaveLength(2);
+    });
+  });
+});
