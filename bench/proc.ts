@@ -7,8 +7,11 @@ import { execFileSync } from "node:child_process";
 
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
 
-/** A process and all its descendants (with WORKERS=N: the primary and its workers). */
-export function processTree(root: number): number[] {
+/**
+ * A process and all its descendants that run `command` (with WORKERS=N: the
+ * primary and its workers, without helpers such as tsx's esbuild service).
+ */
+export function processTree(root: number, command = "node"): number[] {
   const children = new Map<number, number[]>();
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
@@ -20,11 +23,19 @@ export function processTree(root: number): number[] {
   }
   const tree: number[] = [];
   const walk = (pid: number) => {
-    tree.push(pid);
+    if (commandOf(pid) === command) tree.push(pid);
     for (const child of children.get(pid) ?? []) walk(child);
   };
   walk(root);
   return tree;
+}
+
+function commandOf(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return undefined;
+  }
 }
 
 function readStat(pid: number): { ppid: number; cpuMs: number } | undefined {
