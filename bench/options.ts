@@ -77,7 +77,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     serverUrl,
     concurrency: number("concurrency", 32, 1, 10_000),
     durationS: number("duration", 20, 0.5, 86_400, false),
-    warmupS: number("warmup", 3, 0, 3_600, false),
+    warmupS: number("warmup", 2, 0, 3_600, false),
     scenarios: list("scenarios", MODES.join(","), (s) => MODES.find((m) => m === s)),
     workers: list("workers", "1,2", (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 64 ? Number(s) : undefined)),
     senders: number("senders", 10_000, 1, 10_000_000),

@@ -69,15 +69,28 @@ async function main(): Promise<void> {
 
     const rows: Row[] = [];
     let run = 0;
-    for (const scenario of options.scenarios) {
-      for (const workers of scenario === "sql" ? [null] : options.workers) {
-        run++;
-        const tag = String(run).padStart(2, "0").slice(-2);
-        process.stdout.write(`bench: ${scenario}${workers ? ` workers=${workers}` : ""} ... `);
-        const row = await runScenario(db, options, benchUrl.toString(), scenario, workers, tag);
-        rows.push(row);
-        const l = row.load;
-        console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
+    const measure = async (scenario: LoadMode, server?: Server) => {
+      run++;
+      process.stdout.write(`bench: ${scenario}${server ? ` workers=${server.workers}` : ""} ... `);
+      const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
+      rows.push(row);
+      const l = row.load;
+      console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
+    };
+    // The floor runs where it is listed; each run of consecutive service
+    // scenarios shares one server per worker count.
+    for (const group of groupScenarios(options.scenarios)) {
+      if (group[0] === "sql") {
+        await measure("sql");
+        continue;
+      }
+      for (const workers of options.workers) {
+        const server = await startServer(benchUrl.toString(), workers, options.pool);
+        try {
+          for (const scenario of group) await measure(scenario, server);
+        } finally {
+          await server.stop();
+        }
       }
     }
 
@@ -161,16 +174,27 @@ async function integrity(db: pg.Client): Promise<string[]> {
     .map(([what, n]) => `${n} ${what.replaceAll("_", " ")}`);
 }
 
+/** `sql,grpc,route,sql` -> [sql], [grpc, route], [sql]. */
+function groupScenarios(scenarios: LoadMode[]): LoadMode[][] {
+  const groups: LoadMode[][] = [];
+  for (const scenario of scenarios) {
+    const last = groups.at(-1);
+    if (scenario !== "sql" && last && last[0] !== "sql") last.push(scenario);
+    else groups.push([scenario]);
+  }
+  return groups;
+}
+
 async function runScenario(
   db: pg.Client,
   options: BenchOptions,
   databaseUrl: string,
   scenario: LoadMode,
-  workers: number | null,
+  server: Server | undefined,
   tag: string,
 ): Promise<Row> {
   const before = await counts(db);
-  const server = workers === null ? undefined : await startServer(databaseUrl, workers, options.pool);
+  const errorLinesBefore = server?.errorLines() ?? 0;
   const serverPids = server ? processTree(server.child.pid!) : [];
   const plan: LoadPlan = {
     mode: scenario,
@@ -229,7 +253,6 @@ async function runScenario(
     if (code !== 0 || !result || !first || !last) throw new Error(`load generator failed (exit ${code}):\n${stderr}`);
   } finally {
     clearInterval(sampler);
-    if (server) await server.stop();
   }
 
   const after = await counts(db);
@@ -250,7 +273,7 @@ async function runScenario(
   const busyCores = machine.total ? (machine.busy / machine.total) * os.cpus().length : 0;
   return {
     scenario,
-    workers,
+    workers: server?.workers ?? null,
     load: result,
     ratioToFloor: null,
     serverCpuMsPer1000: server ? perThousand(last.server.cpuMs - first.server.cpuMs) : null,
@@ -258,7 +281,7 @@ async function runScenario(
     serverRssMb: rss,
     postgresCpuMsPer1000: perThousand(last.postgresMs - first.postgresMs),
     otherCores: Math.max(0, busyCores - oursMs / 1000 / seconds),
-    serverErrorLines: server?.errorLines() ?? 0,
+    serverErrorLines: (server?.errorLines() ?? 0) - errorLinesBefore,
     checks: { eventsStored, contactsCreated, ok: problems.length === 0, problems },
   };
 }
@@ -271,8 +294,17 @@ async function postgresBackends(db: pg.Client): Promise<number[]> {
   return rows.map((r) => r.pid);
 }
 
+/** The server under test: `src/main.ts` in a process of its own. */
+interface Server {
+  child: ChildProcess;
+  baseUrl: string;
+  workers: number;
+  errorLines(): number;
+  stop(): Promise<void>;
+}
+
 /** Starts `src/main.ts` over the bench database and resolves once it says where it listens. */
-function startServer(databaseUrl: string, workers: number, poolMax: number) {
+function startServer(databaseUrl: string, workers: number, poolMax: number): Promise<Server> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: root,
     env: { ...process.env, DATABASE_URL: databaseUrl, HOST: "127.0.0.1", PORT: "0", WORKERS: String(workers), DATABASE_POOL_MAX: String(poolMax) },
@@ -281,7 +313,7 @@ function startServer(databaseUrl: string, workers: number, poolMax: number) {
   let output = "";
   let errorLines = 0;
   const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
-  return new Promise<{ child: ChildProcess; baseUrl: string; errorLines: () => number; stop: () => Promise<void> }>((resolve, reject) => {
+  return new Promise((resolve, reject) => {
     child.stdout!.on("data", (chunk: Buffer) => {
       output += chunk;
       const match = /listening on (http:\/\/\S+)/.exec(output);
@@ -289,6 +321,7 @@ function startServer(databaseUrl: string, workers: number, poolMax: number) {
         resolve({
           child,
           baseUrl: match[1],
+          workers,
           errorLines: () => errorLines,
           async stop() {
             child.kill("SIGTERM");
