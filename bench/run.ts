@@ -101,6 +101,14 @@ async function main(): Promise<void> {
     const afterProblems = await integrity(db);
 
     printTable(rows, options);
+    const memory = rows
+      .filter((r) => r.serverRssMb.length > 0)
+      .map((r) => {
+        const window = r.serverRssMb.filter(([t]) => t >= options.warmupS).map(([, mb]) => mb.toFixed(0));
+        const [first, middle, last] = [window[0], window[Math.floor(window.length / 2)], window.at(-1)];
+        return `${label(r)} x${r.workers} ${first ?? "-"} / ${middle ?? "-"} / ${last ?? "-"}`;
+      });
+    if (memory.length) console.log(`server RSS MB in the measured window (first / middle / last sample): ${memory.join("; ")}`);
     const ok = rows.every((r) => r.checks.ok) && afterProblems.length === 0;
     console.log(
       `checks: events ${before.events} -> ${after.events}, contacts ${before.contacts} -> ${after.contacts}; ` +
@@ -303,48 +311,58 @@ interface Server {
   stop(): Promise<void>;
 }
 
-/** Starts `src/main.ts` over the bench database and resolves once it says where it listens. */
+/**
+ * Starts `src/main.ts` over the bench database, with the environment's log
+ * settings (request logs included, as deployed), and resolves once it says
+ * where it listens. Afterwards only lines logged as errors are counted.
+ */
 function startServer(databaseUrl: string, workers: number, poolMax: number): Promise<Server> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: root,
     env: { ...process.env, DATABASE_URL: databaseUrl, HOST: "127.0.0.1", PORT: "0", WORKERS: String(workers), DATABASE_POOL_MAX: String(poolMax) },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  let output = "";
+  let startup = "";
+  let listening = false;
   let errorLines = 0;
   const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
   return new Promise((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Buffer) => {
-      output += chunk;
-      const match = /listening on (http:\/\/\S+)/.exec(output);
-      if (match) {
-        resolve({
-          child,
-          baseUrl: match[1],
-          workers,
-          errorLines: () => errorLines,
-          async stop() {
-            child.kill("SIGTERM");
-            const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-            await exited;
-            clearTimeout(timer);
-          },
-        });
-      }
-    });
-    child.stderr!.on("data", (chunk: Buffer) => {
-      output += chunk;
-      errorLines += String(chunk).split("\n").filter(Boolean).length;
-    });
-    void exited.then((code) => reject(new Error(`server exited with ${code} before listening:\n${output}`)));
+    const onLine = (line: string, stderr: boolean) => {
+      // pino levels: 50 error, 60 fatal.
+      if (stderr || /"level":(5|6)0\b/.test(line)) errorLines++;
+      if (listening) return;
+      startup += `${line}\n`;
+      const match = /listening on (http:\/\/[^\s"]+)/.exec(line);
+      if (!match) return;
+      listening = true;
+      resolve({
+        child,
+        baseUrl: match[1],
+        workers,
+        errorLines: () => errorLines,
+        async stop() {
+          child.kill("SIGTERM");
+          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+          await exited;
+          clearTimeout(timer);
+        },
+      });
+    };
+    createInterface({ input: child.stdout! }).on("line", (line) => onLine(line, false));
+    createInterface({ input: child.stderr! }).on("line", (line) => onLine(line, true));
+    void exited.then((code) => reject(new Error(`server exited with ${code} before listening:\n${startup}`)));
   });
+}
+
+function label(row: Row): string {
+  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message" }[row.scenario];
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {
   const fixed = (n: number | null, digits = 1) => (n === null || !Number.isFinite(n) ? "-" : n.toFixed(digits));
   const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "srv CPU ms/1k", "srv peak MB", "pg CPU ms/1k", "client CPU ms/1k", "other cores"];
   const lines = rows.map((r) => [
-    r.scenario === "sql" ? "raw SQL floor" : { grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message" }[r.scenario],
+    label(r),
     r.workers === null ? "-" : String(r.workers),
     fixed(r.load.rps, 0),
     fixed(r.load.latencyMs.p50),

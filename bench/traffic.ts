@@ -23,9 +23,13 @@ function sender(n: number, whatsapp: string, email: string): Pick<Message, "sour
   return n % 4 === 0 ? { source: "email", senderId: email } : { source: "whatsapp", senderId: whatsapp };
 }
 
-/** The n-th known sender (1-based), exactly as `seedContactsSql` stores its contact. */
+/**
+ * The n-th known sender (1-based), exactly as `seedContactsSql` stores its
+ * contact: São Paulo mobile numbers and e-mail addresses, both already in
+ * their canonical form.
+ */
 export function knownSender(n: number) {
-  return sender(n, `5511${String(n).padStart(9, "0")}`, `contact${n}@example.com`);
+  return sender(n, `55119${String(n).padStart(8, "0")}`, `contact${n}@example.com`);
 }
 
 /**
@@ -34,7 +38,7 @@ export function knownSender(n: number) {
  */
 export const seedContactsSql = `
   INSERT INTO crm_contacts (whatsapp_id, email, name)
-  SELECT CASE WHEN n % 4 = 0 THEN NULL ELSE '5511' || lpad(n::text, 9, '0') END,
+  SELECT CASE WHEN n % 4 = 0 THEN NULL ELSE '55119' || lpad(n::text, 8, '0') END,
          CASE WHEN n % 4 = 0 THEN 'contact' || n || '@example.com' END,
          'Contact ' || n
   FROM generate_series(1, $1::int) AS n
@@ -73,8 +77,8 @@ const GATEWAYS = { whatsapp: ["zapi", "twilio", "meta-cloud"], email: ["sendgrid
 
 /**
  * Draws messages: `newShare` of them from never-seen senders (unique per
- * `tag`, so concurrent runs never collide), the rest uniformly from the
- * `poolSize` known senders.
+ * `tag`, so the scenarios of one run never share one; up to a million per
+ * tag), the rest uniformly from the `poolSize` known senders.
  */
 export function messageSource(options: { poolSize: number; newShare: number; tag: string }) {
   let sequence = 0;
@@ -86,7 +90,8 @@ export function messageSource(options: { poolSize: number; newShare: number; tag
     if (Math.random() < options.newShare) {
       created++;
       isNew = true;
-      who = sender(created, `5599${options.tag}${String(created).padStart(8, "0")}`, `new.${options.tag}.${created}@example.org`);
+      // Rio de Janeiro mobile numbers, never seeded.
+      who = sender(created, `55219${options.tag}${String(created).padStart(6, "0")}`, `new.${options.tag}.${created}@example.org`);
     } else {
       who = knownSender(1 + randomInt(options.poolSize));
     }
