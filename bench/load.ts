@@ -184,8 +184,8 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
       return {
         send: async (m) => {
           const request = connect
-            ? { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata }
-            : { source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata };
+            ? { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata, externalId: m.externalId }
+            : { source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata, external_id: m.externalId };
           const body = JSON.parse(await postJson(agent, url, JSON.stringify(request))) as { eventId?: string; event_id?: string };
           if (!(connect ? body.eventId : body.event_id)) throw new Error(`no event id in ${JSON.stringify(body)}`);
         },
@@ -203,7 +203,13 @@ const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.i
 function grpcCall(session: http2.ClientHttp2Session, m: Message): Promise<void> {
   const message = toBinary(
     IngestMessageRequestSchema,
-    create(IngestMessageRequestSchema, { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata as JsonObject }),
+    create(IngestMessageRequestSchema, {
+      source: m.source,
+      senderId: m.senderId,
+      content: m.content,
+      metadata: m.metadata as JsonObject,
+      externalId: m.externalId,
+    }),
   );
   const frame = Buffer.allocUnsafe(5 + message.length);
   frame[0] = 0;
@@ -260,25 +266,34 @@ function postJson(agent: http.Agent, url: URL, body: string): Promise<string> {
 /**
  * The floor: what a hand-written client does for one message with the same
  * semantics as the service, and nothing else. One statement per message
- * (atomic on its own, so no BEGIN/COMMIT round trips): insert the contact
- * unless its key exists, else read it, then insert the linked event. The
- * statement is prepared once per connection. When a concurrent insert of the
- * same new key committed after this statement's snapshot, the contact is
- * neither inserted nor visible and nothing is written: run it again.
+ * (atomic on its own, so no BEGIN/COMMIT round trips), prepared once per
+ * connection: look the contact up by its key, insert the event linked to it
+ * (nothing when its external_id is already stored), and insert the contact
+ * when it was new and the event was stored. When a concurrent message from
+ * the same new sender created the contact first, the unique index refuses
+ * ours and the statement, undone, runs again. It is the statement the
+ * service runs, written out here so the floor depends on nothing of it.
  */
 async function sqlFloor(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
   const pool = new pg.Pool({ connectionString: plan.target, max: plan.sqlPoolMax });
   const statement = (column: "whatsapp_id" | "email") => ({
     name: `floor_ingest_${column}`,
     text: `
-      WITH inserted AS (
-        INSERT INTO crm_contacts (${column}) VALUES ($1) ON CONFLICT (${column}) DO NOTHING RETURNING id
+      WITH existing AS (
+        SELECT id FROM crm_contacts WHERE ${column} = $1
       ), contact AS (
-        SELECT id FROM inserted UNION ALL SELECT id FROM crm_contacts WHERE ${column} = $1 LIMIT 1
+        SELECT coalesce((SELECT id FROM existing), gen_random_uuid()) AS id, NOT EXISTS (SELECT FROM existing) AS is_new
+      ), event AS (
+        INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status)
+        SELECT $2, $3, $4, $5::jsonb, $6, contact.id, 'LINKED' FROM contact
+        ON CONFLICT (source, external_id) DO NOTHING
+        RETURNING id, contact_id
+      ), created AS (
+        INSERT INTO crm_contacts (id, ${column})
+        SELECT contact.id, $1 FROM contact, event WHERE contact.is_new
+        RETURNING id
       )
-      INSERT INTO crm_ingest_events (source, sender_id, content, metadata, contact_id, status)
-      SELECT $2, $3, $4, $5::jsonb, id, 'LINKED' FROM contact
-      RETURNING id`,
+      SELECT event.id, event.contact_id, EXISTS (SELECT FROM created) AS created FROM event`,
   });
   const statements = { whatsapp: statement("whatsapp_id"), email: statement("email") };
   return {
@@ -286,12 +301,16 @@ async function sqlFloor(plan: LoadPlan): Promise<{ send: Send; close: () => Prom
       const { name, text } = statements[m.source];
       // Keys are stored canonical, as the service stores them (e-mail trimmed and lower-cased).
       const key = m.source === "email" ? m.senderId.trim().toLowerCase() : m.senderId.trim();
-      const values = [key, m.source, m.senderId, m.content, JSON.stringify(m.metadata)];
-      for (let attempt = 0; attempt < 3; attempt++) {
-        const result = await pool.query({ name, text, values });
-        if (result.rowCount) return;
+      const values = [key, m.source, m.senderId, m.content, JSON.stringify(m.metadata), m.externalId];
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const { rows } = await pool.query({ name, text, values });
+          if (rows.length === 0) throw new Error(`external_id ${m.externalId} was already stored`);
+          return;
+        } catch (error) {
+          if ((error as { code?: string }).code !== "23505" || attempt === 3) throw error;
+        }
       }
-      throw new Error("contact could not be found or created");
     },
     close: () => pool.end(),
   };

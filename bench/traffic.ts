@@ -14,6 +14,8 @@ export interface Message {
   senderId: string;
   content: string;
   metadata: Record<string, unknown>;
+  /** The provider's message id, unique per message as gateways send it. */
+  externalId: string;
   /** True when the sender is new: its contact must be created. */
   isNew: boolean;
 }
@@ -49,12 +51,12 @@ export const seedContactsSql = `
  * with the same shape the load sends: the growth run's history.
  */
 export const preloadEventsSql = `
-  INSERT INTO crm_ingest_events (source, sender_id, content, metadata, contact_id, status, created_at)
+  INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status, created_at)
   SELECT CASE WHEN c.email IS NULL THEN 'whatsapp' ELSE 'email' END,
          coalesce(c.whatsapp_id, c.email),
          repeat('Olá! Gostaria de saber o prazo de entrega do pedido e as formas de pagamento. ', 1 + e % 5),
          jsonb_build_object('gateway', 'zapi', 'message_id', 'pre-' || e, 'attempt', 1, 'tags', jsonb_build_array('inbound')),
-         c.id, 'LINKED', now() - make_interval(secs => e)
+         'pre-' || e, c.id, 'LINKED', now() - make_interval(secs => e)
   FROM generate_series(1, $1::int) AS e
   JOIN (SELECT id, whatsapp_id, email, row_number() OVER () AS n FROM crm_contacts) AS c
     ON c.n = 1 + e % $2::int`;
@@ -96,16 +98,18 @@ export function messageSource(options: { poolSize: number; newShare: number; tag
       who = knownSender(1 + randomInt(options.poolSize));
     }
     const gateways = GATEWAYS[who.source];
+    const messageId = `${options.tag}-${sequence}`;
     return {
       ...who,
       content: BODIES[sequence % BODIES.length],
       metadata: {
         gateway: gateways[sequence % gateways.length],
-        message_id: `${options.tag}-${sequence}`,
+        message_id: messageId,
         received_at: new Date().toISOString(),
         attempt: 1,
         tags: sequence % 3 === 0 ? ["inbound", "first-contact"] : ["inbound"],
       },
+      externalId: who.source === "whatsapp" ? `wamid.${messageId}` : `<${messageId}@mail.example.com>`,
       isNew,
     };
   };
