@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import { Sequelize } from "sequelize-typescript";
+import { withoutPreparedStatements } from "./prepared-statement.js";
 import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
 import { IngestEvent } from "./models/IngestEvent.js";
@@ -63,6 +64,7 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
   await socketServer.start();
   // After start() it names the port the OS picked: "127.0.0.1:<port>".
   const sequelize = createSequelize(`postgres://postgres@${socketServer.getServerConn()}/postgres`, poolMax, options.timeoutMs);
+  withoutPreparedStatements(sequelize);
   return {
     sequelize,
     kind: "embedded",

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { DatabaseError, UniqueConstraintError } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
@@ -10,10 +11,21 @@ export interface PreparedStatement {
 }
 
 // Every connection prepares under names of its own: the embedded database
-// serves all the pool's connections from one session, where a second
-// connection preparing the same name would be refused.
+// serves all connections, from every process that reaches its socket, from
+// one session, where a second connection preparing the same name would be
+// refused.
+const processTag = randomBytes(4).toString("hex");
 const connectionNumbers = new WeakMap<pg.ClientBase, number>();
 let connectionCount = 0;
+
+// That session also keeps what closed connections prepared, so the embedded
+// database's own pool runs the statements unprepared.
+const unprepared = new WeakSet<Sequelize>();
+
+/** Makes `runPrepared` send its statements unnamed (parsed on every call) on this database. */
+export function withoutPreparedStatements(sequelize: Sequelize): void {
+  unprepared.add(sequelize);
+}
 
 /**
  * Runs a prepared statement on a connection from Sequelize's pool (so one
@@ -35,9 +47,13 @@ export async function runPrepared<Row extends pg.QueryResultRow>(
   const client = (await connections.getConnection({ type: "write" })) as pg.ClientBase;
   let result: pg.QueryResult<Row>;
   try {
-    let number = connectionNumbers.get(client);
-    if (number === undefined) connectionNumbers.set(client, (number = ++connectionCount));
-    result = await client.query<Row>({ name: `${statement.name}_${number}`, text: statement.text, values });
+    if (unprepared.has(sequelize)) {
+      result = await client.query<Row>({ text: statement.text, values });
+    } else {
+      let number = connectionNumbers.get(client);
+      if (number === undefined) connectionNumbers.set(client, (number = ++connectionCount));
+      result = await client.query<Row>({ name: `${statement.name}_${processTag}_${number}`, text: statement.text, values });
+    }
   } catch (error) {
     if (!(error instanceof pg.DatabaseError)) {
       // No answer from the server: the connection is not to be trusted again.
