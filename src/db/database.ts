@@ -1,6 +1,8 @@
+import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
+import pg from "pg";
 import { Sequelize } from "sequelize-typescript";
 import { withoutPreparedStatements } from "./prepared-statement.js";
 import { Contact } from "./models/Contact.js";
@@ -48,7 +50,7 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
       sequelize,
       kind: "postgres",
       description: `postgres ${url.hostname || "localhost"}:${url.port || 5432}/${url.pathname.slice(1)}`,
-      close: (waitMs) => closePool(sequelize, waitMs),
+      close: (waitMs) => closePool(sequelize, waitMs, () => cancelRunningStatements(target.url)),
     };
   }
 
@@ -80,14 +82,41 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
 
 /**
  * Closes the pool once every connection is back, or after `waitMs`: a
- * request cut off at shutdown may hold one until its own timeout, and the
- * database rolls back what it had begun when the process exits.
+ * request cut off at shutdown may hold one until its own timeout. What such
+ * a connection still runs is then cancelled, and PostgreSQL rolls it back:
+ * an ingest is a single statement that commits on its own as soon as it
+ * completes, so leaving it running could store a message whose request was
+ * already cut off. (The database rolls back an open transaction when the
+ * process exits, but not a statement still waiting on a lock.)
  */
-async function closePool(sequelize: Sequelize, waitMs?: number): Promise<void> {
+async function closePool(sequelize: Sequelize, waitMs?: number, cancelRunning?: () => Promise<void>): Promise<void> {
   if (waitMs === undefined) return sequelize.close();
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([sequelize.close(), new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))]);
-  clearTimeout(timer);
+  const closed = sequelize.close().then(() => true);
+  const within = (ms: number) => {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([closed, new Promise<false>((resolve) => (timer = setTimeout(resolve, ms, false)))]).finally(() => clearTimeout(timer));
+  };
+  if ((await within(waitMs)) || !cancelRunning) return;
+  await cancelRunning();
+  await within(1_000);
+}
+
+// Names this process's connections, so that shutdown can find what they still run.
+const applicationName = `aurora-crm-ingest ${randomBytes(4).toString("hex")}`;
+
+/** Cancels the statements this process's pool is running, from a connection of its own (the pool may be all in use). */
+async function cancelRunningStatements(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1_000, query_timeout: 1_000 });
+  try {
+    await client.connect();
+    await client.query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [
+      applicationName,
+    ]);
+  } catch {
+    // Unreachable database: nothing can commit there either.
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }
 
 function createSequelize(url: string, poolMax: number, timeoutMs?: number): Sequelize {
@@ -109,6 +138,6 @@ function createSequelize(url: string, poolMax: number, timeoutMs?: number): Sequ
     logging: false,
     models: [Contact, Deal, IngestEvent],
     pool: { max: poolMax, min: 0, acquire: timeoutMs ?? 10_000, idle: 10_000 },
-    dialectOptions: timeouts,
+    dialectOptions: { application_name: applicationName, ...timeouts },
   });
 }
