@@ -34,6 +34,8 @@ export interface LoadPlan {
   sqlPoolMax: number;
   /** `grpc`: HTTP/2 connections the concurrent calls are spread over. */
   h2Connections: number;
+  /** Bearer token the server requires. */
+  token: string;
 }
 
 /** The load generator's answer, printed as the last line. */
@@ -170,7 +172,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
       );
       let turn = 0;
       return {
-        send: (m) => grpcCall(sessions[turn++ % sessions.length], m),
+        send: (m) => grpcCall(sessions[turn++ % sessions.length], m, plan.token),
         close: async () => {
           for (const session of sessions) session.close();
         },
@@ -186,7 +188,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
           const request = connect
             ? { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata, externalId: m.externalId }
             : { source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata, external_id: m.externalId };
-          const body = JSON.parse(await postJson(agent, url, JSON.stringify(request))) as { eventId?: string; event_id?: string };
+          const body = JSON.parse(await postJson(agent, url, JSON.stringify(request), plan.token)) as { eventId?: string; event_id?: string };
           if (!(connect ? body.eventId : body.event_id)) throw new Error(`no event id in ${JSON.stringify(body)}`);
         },
         close: async () => agent.destroy(),
@@ -200,7 +202,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
 const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
 
 /** One unary gRPC call: a length-prefixed protobuf message out, status from the trailers (or trailers-only headers). */
-function grpcCall(session: http2.ClientHttp2Session, m: Message): Promise<void> {
+function grpcCall(session: http2.ClientHttp2Session, m: Message, token: string): Promise<void> {
   const message = toBinary(
     IngestMessageRequestSchema,
     create(IngestMessageRequestSchema, {
@@ -216,7 +218,13 @@ function grpcCall(session: http2.ClientHttp2Session, m: Message): Promise<void> 
   frame.writeUInt32BE(message.length, 1);
   frame.set(message, 5);
   return new Promise((resolve, reject) => {
-    const stream = session.request({ ":method": "POST", ":path": INGEST_MESSAGE_PATH, "content-type": "application/grpc", te: "trailers" });
+    const stream = session.request({
+      ":method": "POST",
+      ":path": INGEST_MESSAGE_PATH,
+      "content-type": "application/grpc",
+      te: "trailers",
+      authorization: `Bearer ${token}`,
+    });
     const chunks: Buffer[] = [];
     let status: string | undefined;
     let statusMessage = "";
@@ -245,11 +253,12 @@ function grpcCall(session: http2.ClientHttp2Session, m: Message): Promise<void> 
   });
 }
 
-function postJson(agent: http.Agent, url: URL, body: string): Promise<string> {
+function postJson(agent: http.Agent, url: URL, body: string, token: string): Promise<string> {
   return new Promise((resolve, reject) => {
+    const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(body), authorization: `Bearer ${token}` };
     const request = http.request(
       url,
-      { method: "POST", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      { method: "POST", agent, headers },
       (response) => {
         let text = "";
         response.setEncoding("utf8");

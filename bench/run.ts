@@ -26,6 +26,8 @@ import { machineCpu, processTree, sample } from "./proc.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
 const root = path.resolve(import.meta.dirname, "..");
+/** The bearer token the server under test requires and the load generator sends. */
+const API_TOKEN = randomBytes(24).toString("hex");
 
 /** One scenario's figures, as printed and written to the JSON file. */
 interface Row {
@@ -215,6 +217,7 @@ async function runScenario(
     tag,
     sqlPoolMax: options.sqlPool,
     h2Connections: options.h2Connections,
+    token: API_TOKEN,
   };
 
   type Snapshot = { at: number; server: ReturnType<typeof sample>; postgresMs: number; machine: ReturnType<typeof machineCpu>; loadMs: number };
@@ -319,7 +322,20 @@ interface Server {
 function startServer(databaseUrl: string, workers: number, poolMax: number): Promise<Server> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: root,
-    env: { ...process.env, DATABASE_URL: databaseUrl, HOST: "127.0.0.1", PORT: "0", WORKERS: String(workers), DATABASE_POOL_MAX: String(poolMax) },
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      HOST: "127.0.0.1",
+      PORT: "0",
+      WORKERS: String(workers),
+      DATABASE_POOL_MAX: String(poolMax),
+      // As deployed: every request carries a bearer token; no TLS (terminated in front of the service).
+      INGEST_API_TOKENS: API_TOKEN,
+      INGEST_API_TOKENS_FILE: "",
+      TLS_CERT_FILE: "",
+      TLS_KEY_FILE: "",
+      TLS_CLIENT_CA_FILE: "",
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let startup = "";
