@@ -2,7 +2,6 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from "node:http2";
 import type { AddressInfo, Server, Socket } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { createServer } from "@httptoolkit/httpolyglot";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
@@ -12,6 +11,7 @@ import { createHttpProbes, HTTP_PROBE_ROUTES } from "./health/http-probes.js";
 import type { Logger } from "./observability/logger.js";
 import type { Metrics } from "./observability/metrics.js";
 import { createRequestObserver } from "./observability/request-observer.js";
+import { createPlaintextServer } from "./plaintext-server.js";
 import { REFLECTION_SERVICES } from "./reflection/reflection-service.js";
 import { deadlineInterceptor } from "./request-deadline.js";
 import { answerTooLargeWith413 } from "./request-size.js";
@@ -145,7 +145,7 @@ export function buildServer(options: ServerOptions): IngestServer {
         },
         listener,
       )
-    : createServer(listener);
+    : createPlaintextServer(listener);
   server.on("connection", track(sockets));
   // A response leaves in several small writes (HTTP/2 headers, data and
   // trailers); with Nagle on, the later ones wait for the client's delayed ACK.

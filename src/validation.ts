@@ -6,6 +6,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import { IngestMessageRequestSchema, type IngestMessageRequest } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import type { InputLimits } from "./config.js";
+import { metadataJson } from "./metadata-json.js";
 
 /**
  * The interceptors that check every request before a handler sees it. Both
@@ -86,9 +87,9 @@ type Problem = { ruleId: string; message: string };
  *   jsonb refuses it (22P02), and a text column silently gets U+FFFD.
  * Refusing both here means what is stored is exactly what was sent.
  */
-function unstorable(text: string, where = ""): Problem | undefined {
-  if (text.includes("\u0000")) return { ruleId: "string.no_nul", message: `must not contain a NUL character (U+0000)${where}` };
-  if (LONE_SURROGATE.test(text)) return { ruleId: "string.well_formed", message: `must not contain an unpaired UTF-16 surrogate${where}` };
+function unstorable(text: string, where: () => string = () => ""): Problem | undefined {
+  if (text.includes("\u0000")) return { ruleId: "string.no_nul", message: `must not contain a NUL character (U+0000)${where()}` };
+  if (LONE_SURROGATE.test(text)) return { ruleId: "string.well_formed", message: `must not contain an unpaired UTF-16 surrogate${where()}` };
   return undefined;
 }
 
@@ -123,7 +124,7 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
   while (stack.length > 0) {
     const { value, depth, pointer } = stack.pop()!;
     if (typeof value === "string") {
-      const problem = unstorable(value, ` at ${printablePointer(pointer)}`);
+      const problem = unstorable(value, () => ` at ${printablePointer(pointer)}`);
       if (problem) report(problem);
     } else if (typeof value === "number") {
       if (!Number.isFinite(value)) report({ ruleId: "metadata.json", message: `must hold only JSON numbers, not ${value}, at ${printablePointer(pointer)}` });
@@ -136,7 +137,7 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
       for (const [key, child] of entries) {
         const childPointer = `${pointer}/${key.replaceAll("~", "~0").replaceAll("/", "~1")}`;
         if (!Array.isArray(value)) {
-          const problem = unstorable(key, ` in the key at ${printablePointer(childPointer)}`);
+          const problem = unstorable(key, () => ` in the key at ${printablePointer(childPointer)}`);
           if (problem) report(problem);
         }
         stack.push({ value: child, depth: depth + 1, pointer: childPointer });
@@ -144,7 +145,7 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
     }
   }
   // Measured only once the walk found the metadata within the depth limit.
-  if (!seen.has("metadata.max_depth") && Buffer.byteLength(JSON.stringify(metadata), "utf8") > limits.metadataMaxBytes) {
+  if (!seen.has("metadata.max_depth") && Buffer.byteLength(metadataJson(metadata), "utf8") > limits.metadataMaxBytes) {
     report({ ruleId: "metadata.max_bytes", message: `must be at most ${limits.metadataMaxBytes} bytes as JSON` });
   }
   return problems;

@@ -1,3 +1,4 @@
+import net from "node:net";
 import { QueryTypes } from "sequelize";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -48,5 +49,64 @@ describe(`IngestService.IngestMessage on one port (${databaseKind})`, () => {
       { bind: [response.eventId, response.contactId], type: QueryTypes.SELECT },
     );
     expect(event).toEqual({ content: `via ${name}`, metadata: { transport: name }, whatsapp_id: sender });
+  });
+});
+
+/**
+ * A relay to the server that sends the first `bytes` bytes of every client
+ * connection one at a time, each in its own TCP segment, then the rest as it
+ * comes: the protocol must be recognised however the first bytes arrive.
+ */
+async function trickleRelay(target: URL, bytes: number): Promise<{ url: string; close: () => void }> {
+  const relay = net.createServer((client) => {
+    const upstream = net.connect({ host: target.hostname, port: Number(target.port), noDelay: true });
+    upstream.pipe(client);
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+    let sent = 0;
+    let queue = Promise.resolve();
+    client.on("data", (chunk: Buffer) => {
+      queue = queue.then(async () => {
+        let i = 0;
+        for (; i < chunk.length && sent < bytes; i++, sent++) {
+          upstream.write(chunk.subarray(i, i + 1));
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        }
+        if (i < chunk.length) upstream.write(chunk.subarray(i));
+      });
+    });
+    client.on("end", () => void queue.then(() => upstream.end()));
+  });
+  await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+  const { port } = relay.address() as net.AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, close: () => relay.close() };
+}
+
+describe(`protocol recognition on the cleartext port (${databaseKind})`, () => {
+  it.each([
+    ["gRPC over HTTP/2", (baseUrl: string) => createGrpcTransport({ baseUrl })],
+    ["Connect JSON over HTTP/1.1", (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "1.1" })],
+  ])("answers %s whose first bytes arrive one at a time", async (name, makeTransport) => {
+    // 30 bytes: past the 24-byte HTTP/2 preface, and "POST" shares its first byte.
+    const relay = await trickleRelay(new URL(server.baseUrl), 30);
+    try {
+      const client = createClient(IngestService, makeTransport(relay.url));
+      const response = await client.ingestMessage({ source: "email", senderId: `trickle-${name.length}@example.com`, content: name });
+      expect(response.status).toBe("persisted");
+      expect(response.eventStatus).toBe(IngestEventStatus.LINKED);
+    } finally {
+      relay.close();
+    }
+  });
+
+  it("keeps serving after connections that close or reset before their first byte", async () => {
+    const { hostname, port } = new URL(server.baseUrl);
+    for (const end of ["end", "destroy", "resetAndDestroy"] as const) {
+      const socket = net.connect({ host: hostname, port: Number(port) });
+      await new Promise((resolve) => socket.once("connect", resolve));
+      socket[end]();
+    }
+    const response = await fetch(`${server.baseUrl}/healthz`);
+    expect(response.status).toBe(200);
   });
 });

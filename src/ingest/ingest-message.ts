@@ -3,6 +3,7 @@ import type { Sequelize } from "sequelize-typescript";
 import { DuplicateConflictError } from "../errors.js";
 import type { IngestEventStatus } from "../db/models/IngestEvent.js";
 import { runPrepared, type PreparedStatement } from "../db/prepared-statement.js";
+import { metadataJson } from "../metadata-json.js";
 import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
 
 /** What the command works with: the database, and the settings of the identity rules. */
@@ -70,7 +71,7 @@ export interface IngestMessageResult {
 export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
   const { sequelize } = dependencies;
   const identity = senderIdentity(input.source, input.senderId, dependencies);
-  const event = [input.source, input.senderId, input.content, JSON.stringify(input.metadata), input.externalId];
+  const event = [input.source, input.senderId, input.content, metadataJson(input.metadata), input.externalId];
   if (identity.kind === "contact") {
     const stored = await storeLinkedEvent(sequelize, identity.key, event);
     if (stored) return { ...stored, status: "LINKED", error: null, duplicate: false };

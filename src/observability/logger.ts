@@ -47,7 +47,6 @@ export function createLogger(options: LoggerOptions): Logger {
   );
 }
 
-
 /** The request's logger (bound to its request id), for code that logs on a request's behalf. */
 export const requestLoggerKey = createContextKey<Logger | undefined>(undefined, { description: "logger of the current request" });
 

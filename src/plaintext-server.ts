@@ -1,0 +1,47 @@
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+
+type Listener = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+
+/** What every HTTP/2 client without TLS sends first ("prior knowledge", as gRPC clients do). */
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/**
+ * A cleartext server speaking HTTP/1.1 and HTTP/2 (h2c with prior knowledge)
+ * on one port, told apart by the connection's first bytes. It emits
+ * `connection` for every socket and `session` for every HTTP/2 session.
+ *
+ * Not a library's protocol sniffer: the one we used hands HTTP/2 sockets to
+ * Node marked as generic streams, so Node drove every HTTP/2 frame through a
+ * JavaScript stream wrapper, a large share of each gRPC call's CPU. Node's
+ * HTTP/2 takes a plain socket with the sniffed bytes pushed back, as its
+ * HTTP/1.1 server does.
+ */
+export function createPlaintextServer(listener: Listener): net.Server {
+  const http1Server = http.createServer(listener);
+  const http2Server = http2.createServer(listener);
+  const server = net.createServer((socket) => {
+    // Until a protocol server owns the socket, an error (a reset) only ends it.
+    const ignore = () => undefined;
+    socket.on("error", ignore);
+    let head: Buffer = Buffer.alloc(0);
+    // Paused-mode reads: once the protocol server adds its own listeners, the
+    // socket flows again, starting with the bytes pushed back.
+    const sniff = () => {
+      const chunk = socket.read() as Buffer | null;
+      if (chunk === null) return;
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const start = head.subarray(0, HTTP2_PREFACE.length);
+      const couldBeHttp2 = start.equals(HTTP2_PREFACE.subarray(0, start.length));
+      if (couldBeHttp2 && head.length < HTTP2_PREFACE.length) return;
+      socket.off("readable", sniff);
+      socket.off("error", ignore);
+      socket.unshift(head);
+      (couldBeHttp2 ? http2Server : http1Server).emit("connection", socket);
+    };
+    socket.on("readable", sniff);
+  });
+  http2Server.on("session", (session) => server.emit("session", session));
+  return server;
+}
