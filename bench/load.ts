@@ -4,8 +4,9 @@
  * window, and prints one JSON line per phase on stdout.
  *
  * Modes: `grpc` (gRPC over h2c), `connect` (Connect JSON over HTTP/1.1),
- * `route` (POST /ingest/message) against the server, and `sql`, which does
- * the same logical work straight on a `pg` pool: the database's floor.
+ * `route` (POST /ingest/message) against the server; `bare`, the route's
+ * requests against bench/bare-server.ts; and `sql`, which does the same
+ * logical work straight on a `pg` pool: the database's floor.
  */
 import http from "node:http";
 import http2 from "node:http2";
@@ -14,9 +15,10 @@ import { performance } from "node:perf_hooks";
 import { create, fromBinary, toBinary, type JsonObject } from "@bufbuild/protobuf";
 import pg from "pg";
 import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { floorIngest } from "./floor.js";
 import { messageSource, type Message } from "./traffic.js";
 
-export type LoadMode = "grpc" | "connect" | "route" | "sql";
+export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare";
 
 /** What bench/run.ts hands the load generator (as JSON in argv[2]). */
 export interface LoadPlan {
@@ -179,7 +181,8 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
       };
     }
     case "connect":
-    case "route": {
+    case "route":
+    case "bare": {
       const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true } as http.AgentOptions);
       const connect = plan.mode === "connect";
       const url = new URL(connect ? INGEST_MESSAGE_PATH : "/ingest/message", plan.target);
@@ -272,55 +275,11 @@ function postJson(agent: http.Agent, url: URL, body: string, token: string): Pro
   });
 }
 
-/**
- * The floor: what a hand-written client does for one message with the same
- * semantics as the service, and nothing else. One statement per message
- * (atomic on its own, so no BEGIN/COMMIT round trips), prepared once per
- * connection: look the contact up by its key, insert the event linked to it
- * (nothing when its external_id is already stored), and insert the contact
- * when it was new and the event was stored. When a concurrent message from
- * the same new sender created the contact first, the unique index refuses
- * ours and the statement, undone, runs again. It is the statement the
- * service runs, written out here so the floor depends on nothing of it.
- */
+/** The floor: the statement straight on a `pg` pool, no server. */
 async function sqlFloor(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
   const pool = new pg.Pool({ connectionString: plan.target, max: plan.sqlPoolMax });
-  const statement = (column: "whatsapp_id" | "email") => ({
-    name: `floor_ingest_${column}`,
-    text: `
-      WITH existing AS (
-        SELECT id FROM crm_contacts WHERE ${column} = $1
-      ), contact AS (
-        SELECT coalesce((SELECT id FROM existing), gen_random_uuid()) AS id, NOT EXISTS (SELECT FROM existing) AS is_new
-      ), event AS (
-        INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status)
-        SELECT $2, $3, $4, $5::jsonb, $6, contact.id, 'LINKED' FROM contact
-        ON CONFLICT (source, external_id) DO NOTHING
-        RETURNING id, contact_id
-      ), created AS (
-        INSERT INTO crm_contacts (id, ${column})
-        SELECT contact.id, $1 FROM contact, event WHERE contact.is_new
-        RETURNING id
-      )
-      SELECT event.id, event.contact_id, EXISTS (SELECT FROM created) AS created FROM event`,
-  });
-  const statements = { whatsapp: statement("whatsapp_id"), email: statement("email") };
   return {
-    async send(m) {
-      const { name, text } = statements[m.source];
-      // Keys are stored canonical, as the service stores them (e-mail trimmed and lower-cased).
-      const key = m.source === "email" ? m.senderId.trim().toLowerCase() : m.senderId.trim();
-      const values = [key, m.source, m.senderId, m.content, JSON.stringify(m.metadata), m.externalId];
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const { rows } = await pool.query({ name, text, values });
-          if (rows.length === 0) throw new Error(`external_id ${m.externalId} was already stored`);
-          return;
-        } catch (error) {
-          if ((error as { code?: string }).code !== "23505" || attempt === 3) throw error;
-        }
-      }
-    },
+    send: async (m) => void (await floorIngest(pool, m)),
     close: () => pool.end(),
   };
 }

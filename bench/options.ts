@@ -30,7 +30,7 @@ export interface BenchOptions {
   label: string;
 }
 
-const MODES: LoadMode[] = ["sql", "grpc", "connect", "route"];
+const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare"];
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const flags = new Map<string, string>();

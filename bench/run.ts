@@ -79,11 +79,20 @@ async function main(): Promise<void> {
       const l = row.load;
       console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
     };
-    // The floor runs where it is listed; each run of consecutive service
-    // scenarios shares one server per worker count.
+    // The floor and the bare reference server run where they are listed;
+    // each run of consecutive service scenarios shares one server per worker count.
     for (const group of groupScenarios(options.scenarios)) {
       if (group[0] === "sql") {
         await measure("sql");
+        continue;
+      }
+      if (group[0] === "bare") {
+        const bare = await startServer(benchUrl.toString(), 1, options.pool, "bench/bare-server.ts");
+        try {
+          await measure("bare", bare);
+        } finally {
+          await bare.stop();
+        }
         continue;
       }
       for (const workers of options.workers) {
@@ -184,12 +193,13 @@ async function integrity(db: pg.Client): Promise<string[]> {
     .map(([what, n]) => `${n} ${what.replaceAll("_", " ")}`);
 }
 
-/** `sql,grpc,route,sql` -> [sql], [grpc, route], [sql]. */
+/** `sql,grpc,route,bare,sql` -> [sql], [grpc, route], [bare], [sql]. */
 function groupScenarios(scenarios: LoadMode[]): LoadMode[][] {
+  const alone = (scenario: LoadMode) => scenario === "sql" || scenario === "bare";
   const groups: LoadMode[][] = [];
   for (const scenario of scenarios) {
     const last = groups.at(-1);
-    if (scenario !== "sql" && last && last[0] !== "sql") last.push(scenario);
+    if (!alone(scenario) && last && !alone(last[0])) last.push(scenario);
     else groups.push([scenario]);
   }
   return groups;
@@ -305,7 +315,7 @@ async function postgresBackends(db: pg.Client): Promise<number[]> {
   return rows.map((r) => r.pid);
 }
 
-/** The server under test: `src/main.ts` in a process of its own. */
+/** The server under test (`src/main.ts`, or the bare reference server) in a process of its own. */
 interface Server {
   child: ChildProcess;
   baseUrl: string;
@@ -315,12 +325,13 @@ interface Server {
 }
 
 /**
- * Starts `src/main.ts` over the bench database, with the environment's log
- * settings (request logs included, as deployed), and resolves once it says
- * where it listens. Afterwards only lines logged as errors are counted.
+ * Starts `script` (the service unless told otherwise) over the bench
+ * database, with the environment's log settings (request logs included, as
+ * deployed), and resolves once it says where it listens. Afterwards only
+ * lines logged as errors are counted.
  */
-function startServer(databaseUrl: string, workers: number, poolMax: number): Promise<Server> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+function startServer(databaseUrl: string, workers: number, poolMax: number, script = "src/main.ts"): Promise<Server> {
+  const child = spawn(process.execPath, ["--import", "tsx", script], {
     cwd: root,
     env: {
       ...process.env,
@@ -371,7 +382,7 @@ function startServer(databaseUrl: string, workers: number, poolMax: number): Pro
 }
 
 function label(row: Row): string {
-  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message" }[row.scenario];
+  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message", bare: "bare node:http + pg" }[row.scenario];
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {
