@@ -10,33 +10,22 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { loadConfig, type ConfigError } from "../src/config.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { databaseKind } from "./support/database.js";
 import { runScript, startService } from "./support/process.js";
-import { startTestServer, type TestServer } from "./support/server.js";
+import { useTestServer } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
 
 const token = randomBytes(24).toString("base64url");
 const rotatedToken = randomBytes(24).toString("base64url");
 const message = { source: "web", sender_id: "visitor-1", content: "hello", metadata: {} };
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database, { apiTokens: [token, rotatedToken] });
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
+const fixture = useTestServer({ apiTokens: [token, rotatedToken] });
 
 const countEvents = async () =>
-  Number((await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n);
+  Number((await fixture.database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n);
 
 const post = (authorization: string | undefined, path = "/ingest/message") =>
-  fetch(server.baseUrl + path, {
+  fetch(fixture.server.baseUrl + path, {
     method: "POST",
     headers: { "content-type": "application/json", ...(authorization !== undefined && { authorization }) },
     body: JSON.stringify(message),
@@ -69,7 +58,7 @@ describe(`bearer tokens (${databaseKind})`, () => {
   });
 
   it("answers before reading the body: a stranger announcing 10 MB gets 401 without sending any of it", async () => {
-    const url = new URL(server.baseUrl);
+    const url = new URL(fixture.server.baseUrl);
     const status = await new Promise<number>((resolve, reject) => {
       const request = http.request({
         host: url.hostname,
@@ -99,42 +88,42 @@ describe(`bearer tokens (${databaseKind})`, () => {
   it.each(Object.keys(transports))("answers %s without a valid token with Unauthenticated, and with one normally", async (name) => {
     const before = await countEvents();
     const request = { source: "web", senderId: "visitor-2", content: `via ${name}` };
-    const stranger = createClient(IngestService, transports[name](server.baseUrl, { authorization: "Bearer wrong-token-of-some-length" }));
+    const stranger = createClient(IngestService, transports[name](fixture.server.baseUrl, { authorization: "Bearer wrong-token-of-some-length" }));
     const error = await stranger.ingestMessage(request).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConnectError);
     expect((error as ConnectError).code).toBe(Code.Unauthenticated);
     expect(await countEvents()).toBe(before);
 
-    const client = createClient(IngestService, transports[name](server.baseUrl, { authorization: `Bearer ${token}` }));
+    const client = createClient(IngestService, transports[name](fixture.server.baseUrl, { authorization: `Bearer ${token}` }));
     expect((await client.ingestMessage(request)).status).toBe("persisted");
   });
 
   it("leaves health and readiness checks open, and asks for a token everywhere else", async () => {
-    expect((await fetch(`${server.baseUrl}/healthz`)).status).toBe(200);
-    expect((await fetch(`${server.baseUrl}/readyz`)).status).toBe(200);
-    const health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl }));
+    expect((await fetch(`${fixture.server.baseUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${fixture.server.baseUrl}/readyz`)).status).toBe(200);
+    const health = createClient(Health, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     expect((await health.check({})).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
 
     expect((await post(undefined, "/nowhere")).status).toBe(401);
-    expect((await fetch(`${server.baseUrl}/metrics`)).status).toBe(401);
-    expect((await fetch(`${server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    expect((await fetch(`${fixture.server.baseUrl}/metrics`)).status).toBe(401);
+    expect((await fetch(`${fixture.server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
     const reflection = await post(undefined, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
     expect(reflection.status).toBe(401);
   });
 
   it("counts and logs a refused gRPC call as unauthenticated", async () => {
-    const stranger = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const stranger = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     await stranger.ingestMessage({ source: "web", senderId: "v", content: "x" }).catch(() => undefined);
-    await waitFor(() => server.logLines.some((line) => line.protocol === "grpc" && line.code === "unauthenticated"));
-    const metrics = await (await fetch(`${server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+    await waitFor(() => fixture.server.logLines.some((line) => line.protocol === "grpc" && line.code === "unauthenticated"));
+    const metrics = await (await fetch(`${fixture.server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
     expect(metrics).toMatch(/aurora_ingest_requests_total\{procedure="\/aurora.crm.v1.IngestService\/IngestMessage",protocol="grpc",code="unauthenticated"\} [1-9]/);
   });
 
   it("never logs a token", async () => {
     await post(`Bearer ${token}`);
     await post("Bearer another-wrong-token-here");
-    expect(server.logText()).not.toContain(token);
-    expect(server.logText()).not.toContain("another-wrong-token-here");
+    expect(fixture.server.logText()).not.toContain(token);
+    expect(fixture.server.logText()).not.toContain("another-wrong-token-here");
   });
 });
 
@@ -195,7 +184,7 @@ describe("listening beyond this machine", () => {
   });
 
   it("refuses to start without tokens, and says how to configure them", async () => {
-    const result = await runScript("src/main.ts", [], { HOST: "0.0.0.0", PORT: "0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: "" });
+    const result = await runScript("src/main.ts", [], { HOST: "0.0.0.0", PORT: "0", DATABASE_URL: fixture.database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: "" });
     expect(result.code).not.toBe(0);
     expect(result.output).toContain("HOST=0.0.0.0");
     expect(result.output).toContain("INGEST_API_TOKENS");
@@ -208,7 +197,7 @@ describe("listening beyond this machine", () => {
   it("starts with a token file, requires its tokens, and never prints them", async () => {
     const file = path.join(dir, "tokens");
     await writeFile(file, `# rotated monthly\n${token}\n\n${rotatedToken}\n`);
-    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: file });
+    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: fixture.database.url, INGEST_API_TOKENS: "", INGEST_API_TOKENS_FILE: file });
     children.push(service.child);
     const baseUrl = service.baseUrl.replace("0.0.0.0", "127.0.0.1");
 
@@ -226,7 +215,7 @@ describe("listening beyond this machine", () => {
   });
 
   it("starts without tokens when the operator opts out with ALLOW_UNAUTHENTICATED=true", async () => {
-    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: database.url, INGEST_API_TOKENS: "", ALLOW_UNAUTHENTICATED: "true" });
+    const service = await startService({ HOST: "0.0.0.0", DATABASE_URL: fixture.database.url, INGEST_API_TOKENS: "", ALLOW_UNAUTHENTICATED: "true" });
     children.push(service.child);
     expect(service.output()).toContain("no authentication");
     service.child.kill("SIGKILL");

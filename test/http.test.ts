@@ -1,23 +1,12 @@
 import { QueryTypes } from "sequelize";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { startTestServer, type TestServer } from "./support/server.js";
+import { describe, expect, it } from "vitest";
+import { databaseKind } from "./support/database.js";
+import { useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
+const fixture = useTestServer();
 
 const countEvents = async () =>
-  (await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n;
+  (await fixture.database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n;
 
 describe(`HTTP edge cases (${databaseKind})`, () => {
   it.each([
@@ -28,7 +17,7 @@ describe(`HTTP edge cases (${databaseKind})`, () => {
     ["an unknown path", "POST", "/nowhere", { "content-type": "application/json" }, "{}", 404],
   ])("answers %s with the usual 4xx and stores nothing", async (_name, method, path, headers, body, expected) => {
     const before = await countEvents();
-    const response = await fetch(server.baseUrl + path, { method, headers, body });
+    const response = await fetch(fixture.server.baseUrl + path, { method, headers, body });
     await response.arrayBuffer();
 
     expect(response.status).toBe(expected);
@@ -36,7 +25,7 @@ describe(`HTTP edge cases (${databaseKind})`, () => {
   });
 
   it("names the problem in a Connect error body for malformed JSON", async () => {
-    const response = await fetch(`${server.baseUrl}/ingest/message`, {
+    const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: "{nope",
@@ -45,7 +34,7 @@ describe(`HTTP edge cases (${databaseKind})`, () => {
   });
 
   it("keeps serving after bad requests", async () => {
-    const response = await fetch(`${server.baseUrl}/ingest/message`, {
+    const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ source: "web", sender_id: "v1", content: "still here", metadata: {} }),
@@ -58,7 +47,7 @@ describe(`invalid input (${databaseKind})`, () => {
   it.each(["source", "sender_id", "content"])("answers 400 invalid_argument naming a blank %s, and stores nothing", async (field) => {
     const before = await countEvents();
     const body = { source: "web", sender_id: "v1", content: "hello", metadata: {}, [field]: "  " };
-    const response = await fetch(`${server.baseUrl}/ingest/message`, {
+    const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),

@@ -1,28 +1,17 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { QueryTypes } from "sequelize";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { databaseKind } from "./support/database.js";
+import { postJson, useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
+const fixture = useTestServer();
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
-
-const ingest = (body: unknown) => postJson(server.baseUrl, "/ingest/message", body);
+const ingest = (body: unknown) => postJson(fixture.server.baseUrl, "/ingest/message", body);
 
 async function rows<T extends object = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
-  return database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
+  return fixture.database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
 }
 
 const eventsWithKey = (source: string, externalId: string) =>
@@ -48,8 +37,8 @@ describe(`retries with external_id (${databaseKind})`, () => {
   });
 
   it("counts a replayed retry as a duplicate, not as a stored event, and says so in its log line", async () => {
-    const stored = async () => (await server.metrics.eventsStored.get()).values.reduce((sum, v) => sum + v.value, 0);
-    const duplicates = async () => (await server.metrics.duplicates.get()).values.reduce((sum, v) => sum + v.value, 0);
+    const stored = async () => (await fixture.server.metrics.eventsStored.get()).values.reduce((sum, v) => sum + v.value, 0);
+    const duplicates = async () => (await fixture.server.metrics.duplicates.get()).values.reduce((sum, v) => sum + v.value, 0);
     const message = { source: "web", sender_id: "visitor-metrics", content: "oi", external_id: "k-metrics" };
     await ingest(message);
     const before = { stored: await stored(), duplicates: await duplicates() };
@@ -57,7 +46,7 @@ describe(`retries with external_id (${databaseKind})`, () => {
 
     expect(await stored()).toBe(before.stored);
     expect(await duplicates()).toBe(before.duplicates + 1);
-    const line = server.logLines.filter((l) => l.eventId === retry.body.event_id).at(-1);
+    const line = fixture.server.logLines.filter((l) => l.eventId === retry.body.event_id).at(-1);
     expect(line).toMatchObject({ duplicate: true, code: "ok" });
   });
 
@@ -94,7 +83,7 @@ describe(`retries with external_id (${databaseKind})`, () => {
     const stored = await eventsWithKey("whatsapp", "wamid.CONCURRENT");
     expect(stored.map((e) => e.id)).toEqual([responses[0].body.event_id]);
     expect(await rows("SELECT id FROM crm_contacts WHERE whatsapp_id = $1", ["5511900000020"])).toHaveLength(1);
-    expect(server.loggedErrors).toEqual([]);
+    expect(fixture.server.loggedErrors).toEqual([]);
   });
 
   it("refuses the same key with different content as 409 already_exists naming the original, storing nothing", async () => {
@@ -145,7 +134,7 @@ describe(`retries with external_id (${databaseKind})`, () => {
     expect(responses.filter((r) => r.status === 200 && r.body.duplicate === false)).toHaveLength(1);
     expect(await count("crm_contacts")).toBe(contactsBefore + 1);
     expect(await rows<any>("SELECT whatsapp_id FROM crm_contacts WHERE whatsapp_id = ANY($1)", [senders])).toEqual([{ whatsapp_id: winner }]);
-    expect(server.loggedErrors).toEqual([]);
+    expect(fixture.server.loggedErrors).toEqual([]);
   });
 
   it("scopes a key to its source", async () => {
@@ -169,7 +158,7 @@ describe(`retries with external_id (${databaseKind})`, () => {
   });
 
   it("gives typed clients the duplicate flag and AlreadyExists", async () => {
-    const client = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const client = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     const message = { source: "whatsapp", senderId: "5511900000006", content: "grpc", externalId: "wamid.GRPC" };
     const first = await client.ingestMessage(message);
     const retry = await client.ingestMessage(message);

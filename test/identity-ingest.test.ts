@@ -1,26 +1,15 @@
 import { QueryTypes } from "sequelize";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { describe, expect, it } from "vitest";
+import { databaseKind } from "./support/database.js";
+import { postJson, startTestServer, useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
+const fixture = useTestServer();
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
-
-const ingest = (source: string, senderId: string, content = "oi", target = server) =>
+const ingest = (source: string, senderId: string, content = "oi", target = fixture.server) =>
   postJson(target.baseUrl, "/ingest/message", { source, sender_id: senderId, content, metadata: {} });
 
 async function rows<T extends object = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
-  return database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
+  return fixture.database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
 }
 
 async function events(ids: string[]) {
@@ -60,7 +49,7 @@ describe(`identity resolution through POST /ingest/message (${databaseKind})`, (
     expect(stored.every((e) => e.status === "LINKED" && e.contact_id === contacts[0].id && e.error === null)).toBe(true);
     // Each event keeps its sender exactly as it arrived.
     expect(stored.map((e) => e.sender_id).sort()).toEqual([...sent].sort());
-    expect(server.loggedErrors).toEqual([]);
+    expect(fixture.server.loggedErrors).toEqual([]);
   });
 
   it("keeps a landline and the mobile that differs from it only by the ninth digit as two contacts", async () => {
@@ -140,7 +129,7 @@ describe(`identity resolution through POST /ingest/message (${databaseKind})`, (
 
   it("resolves through the Connect route as through the plain one", async () => {
     const plain = await ingest("whatsapp", "+55 48 9123-4567");
-    const connect = await postJson(server.baseUrl, "/aurora.crm.v1.IngestService/IngestMessage", {
+    const connect = await postJson(fixture.server.baseUrl, "/aurora.crm.v1.IngestService/IngestMessage", {
       source: "whatsapp",
       senderId: "5548991234567@c.us",
       content: "via connect",
@@ -153,10 +142,10 @@ describe(`identity resolution through POST /ingest/message (${databaseKind})`, (
   });
 
   it("reads national numbers in the default region the server was given", async () => {
-    const portugal = await startTestServer(database, { defaultPhoneRegion: "PT" });
+    const portugal = await startTestServer(fixture.database, { defaultPhoneRegion: "PT" });
     try {
       const inPortugal = await ingest("whatsapp", "912 345 678", "olá", portugal);
-      const inBrazil = await ingest("whatsapp", "912 345 678", "olá", server);
+      const inBrazil = await ingest("whatsapp", "912 345 678", "olá", fixture.server);
 
       expect(inPortugal.body.event_status).toBe("INGEST_EVENT_STATUS_LINKED");
       const [contact] = await rows<any>("SELECT whatsapp_id FROM crm_contacts WHERE id = $1", [inPortugal.body.contact_id]);

@@ -1,25 +1,14 @@
 import { QueryTypes } from "sequelize";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { describe, expect, it } from "vitest";
+import { databaseKind } from "./support/database.js";
+import { postJson, useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
+const fixture = useTestServer();
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
-
-const ingest = (body: unknown) => postJson(server.baseUrl, "/ingest/message", body);
+const ingest = (body: unknown) => postJson(fixture.server.baseUrl, "/ingest/message", body);
 
 async function rows<T extends object = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
-  return database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
+  return fixture.database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
 }
 
 async function eventRow(id: string) {
@@ -116,7 +105,7 @@ describe(`POST /ingest/message (${databaseKind})`, () => {
     const events = await rows<any>("SELECT status, contact_id FROM crm_ingest_events WHERE sender_id = $1", [sender]);
     expect(events).toHaveLength(50);
     expect(events.every((e) => e.status === "LINKED" && e.contact_id === contacts[0].id)).toBe(true);
-    expect(server.loggedErrors).toEqual([]);
+    expect(fixture.server.loggedErrors).toEqual([]);
   });
 
   it("never writes to crm_deals", async () => {

@@ -1,26 +1,15 @@
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { maskSenderId } from "../src/observability/logger.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { startTestServer, type TestServer } from "./support/server.js";
+import { databaseKind } from "./support/database.js";
+import { useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
+const fixture = useTestServer();
 
 async function ingest(body: unknown, headers: Record<string, string> = {}) {
-  const response = await fetch(`${server.baseUrl}/ingest/message`, {
+  const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
     method: "POST",
     headers: { "content-type": "application/json", ...headers },
     body: JSON.stringify(body),
@@ -30,7 +19,7 @@ async function ingest(body: unknown, headers: Record<string, string> = {}) {
 
 /** GETs /metrics and returns the value of one series (0 when absent). */
 async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const response = await fetch(`${server.baseUrl}/metrics`);
+  const response = await fetch(`${fixture.server.baseUrl}/metrics`);
   expect(response.headers.get("content-type")).toMatch(/^text\/plain/);
   const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
   for (const line of (await response.text()).split("\n")) {
@@ -67,10 +56,10 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
   });
 
   it("count by protocol and code: gRPC, and a refused request", async () => {
-    const client = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const client = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     await client.ingestMessage({ source: "web", senderId: "visitor-1", content: "via grpc" });
     await ingest({ source: "web", sender_id: "visitor-1", content: "   ", metadata: {} });
-    await fetch(`${server.baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body: "{nope" });
+    await fetch(`${fixture.server.baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body: "{nope" });
 
     expect(await metric("aurora_ingest_requests_total", { procedure: INGEST, protocol: "grpc", code: "ok" })).toBe(1);
     expect(await metric("aurora_ingest_requests_total", { procedure: INGEST, protocol: "connect", code: "invalid_argument" })).toBe(2);
@@ -78,7 +67,7 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
   });
 
   it("expose the database pool, the duplicates counter and Node's process defaults", async () => {
-    const text = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    const text = await (await fetch(`${fixture.server.baseUrl}/metrics`)).text();
     for (const series of [
       'aurora_ingest_db_pool_connections{state="in_use"}',
       'aurora_ingest_db_pool_connections{state="idle"}',
@@ -103,7 +92,7 @@ describe(`request logs (${databaseKind})`, () => {
     expect(response.status).toBe(200);
     expect(response.requestId).toBe("req-abc-123");
 
-    const lines = server.logLines.filter((line) => line.requestId === "req-abc-123");
+    const lines = fixture.server.logLines.filter((line) => line.requestId === "req-abc-123");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({
       level: 30,
@@ -121,18 +110,18 @@ describe(`request logs (${databaseKind})`, () => {
     expect(lines[0].durationMs).toBeTypeOf("number");
 
     // Logged at every level, including debug and trace: none of it is personal.
-    const text = server.logText();
+    const text = fixture.server.logText();
     for (const value of [secret.content, secret.cpf, secret.sender, "cpf"]) expect(text).not.toContain(value);
   });
 
   it("give a request without an id a fresh one, and echo it", async () => {
     const response = await ingest({ source: "web", sender_id: "visitor-2", content: "oi", metadata: {} });
     expect(response.requestId).toMatch(/^[0-9a-f-]{36}$/);
-    expect(server.logLines.filter((line) => line.requestId === response.requestId)).toHaveLength(1);
+    expect(fixture.server.logLines.filter((line) => line.requestId === response.requestId)).toHaveLength(1);
   });
 
   it("log an internal error's cause with its stack, without the statement's values, and tell the client only `internal`", async () => {
-    await database.sequelize.query("ALTER TABLE crm_ingest_events RENAME TO crm_ingest_events_away");
+    await fixture.database.sequelize.query("ALTER TABLE crm_ingest_events RENAME TO crm_ingest_events_away");
     let response;
     try {
       response = await ingest(
@@ -140,19 +129,19 @@ describe(`request logs (${databaseKind})`, () => {
         { "x-request-id": "req-internal" },
       );
     } finally {
-      await database.sequelize.query("ALTER TABLE crm_ingest_events_away RENAME TO crm_ingest_events");
+      await fixture.database.sequelize.query("ALTER TABLE crm_ingest_events_away RENAME TO crm_ingest_events");
     }
 
     expect(response.status).toBe(500);
     expect(response.body).toEqual({ code: "internal", message: "internal error" });
-    const lines = server.logLines.filter((line) => line.requestId === "req-internal");
+    const lines = fixture.server.logLines.filter((line) => line.requestId === "req-internal");
     const error = lines.find((line) => line.msg === "internal error");
     expect(error?.level).toBe(50);
     expect(error?.err.message).toContain("crm_ingest_events");
     expect(error?.err.code).toBe("42P01");
     expect(error?.err.stack).toMatch(/\n\s+at /);
     expect(lines.find((line) => line.msg !== "internal error")).toMatchObject({ code: "internal", httpStatus: 500, level: 40 });
-    const text = server.logText();
+    const text = fixture.server.logText();
     for (const value of ["segredo interno 77", "t0k3n-xyz", "visitor-3141592"]) expect(text).not.toContain(value);
   });
 });

@@ -2,23 +2,12 @@ import net from "node:net";
 import { QueryTypes } from "sequelize";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { startTestServer, type TestServer } from "./support/server.js";
+import { databaseKind } from "./support/database.js";
+import { useTestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
+const fixture = useTestServer();
 
 const transports: Record<string, (baseUrl: string) => Transport> = {
   "gRPC over HTTP/2": (baseUrl) => createGrpcTransport({ baseUrl }),
@@ -32,7 +21,7 @@ const transports: Record<string, (baseUrl: string) => Transport> = {
 
 describe(`IngestService.IngestMessage on one port (${databaseKind})`, () => {
   it.each(Object.entries(transports))("answers %s with the stored ids", async (name, makeTransport) => {
-    const client = createClient(IngestService, makeTransport(server.baseUrl));
+    const client = createClient(IngestService, makeTransport(fixture.server.baseUrl));
     const sender = `55119${String(Object.keys(transports).indexOf(name)).padStart(8, "0")}`;
 
     const response = await client.ingestMessage({
@@ -44,7 +33,7 @@ describe(`IngestService.IngestMessage on one port (${databaseKind})`, () => {
 
     expect(response.status).toBe("persisted");
     expect(response.eventStatus).toBe(IngestEventStatus.LINKED);
-    const [event] = await database.sequelize.query<any>(
+    const [event] = await fixture.database.sequelize.query<any>(
       "SELECT e.content, e.metadata, c.whatsapp_id FROM crm_ingest_events e JOIN crm_contacts c ON c.id = e.contact_id WHERE e.id = $1 AND c.id = $2",
       { bind: [response.eventId, response.contactId], type: QueryTypes.SELECT },
     );
@@ -88,7 +77,7 @@ describe(`protocol recognition on the cleartext port (${databaseKind})`, () => {
     ["Connect JSON over HTTP/1.1", (baseUrl: string) => createConnectTransport({ baseUrl, httpVersion: "1.1" })],
   ])("answers %s whose first bytes arrive one at a time", async (name, makeTransport) => {
     // 30 bytes: past the 24-byte HTTP/2 preface, and "POST" shares its first byte.
-    const relay = await trickleRelay(new URL(server.baseUrl), 30);
+    const relay = await trickleRelay(new URL(fixture.server.baseUrl), 30);
     try {
       const client = createClient(IngestService, makeTransport(relay.url));
       const response = await client.ingestMessage({ source: "email", senderId: `trickle-${name.length}@example.com`, content: name });
@@ -100,13 +89,13 @@ describe(`protocol recognition on the cleartext port (${databaseKind})`, () => {
   });
 
   it("keeps serving after connections that close or reset before their first byte", async () => {
-    const { hostname, port } = new URL(server.baseUrl);
+    const { hostname, port } = new URL(fixture.server.baseUrl);
     for (const end of ["end", "destroy", "resetAndDestroy"] as const) {
       const socket = net.connect({ host: hostname, port: Number(port) });
       await new Promise((resolve) => socket.once("connect", resolve));
       socket[end]();
     }
-    const response = await fetch(`${server.baseUrl}/healthz`);
+    const response = await fetch(`${fixture.server.baseUrl}/healthz`);
     expect(response.status).toBe(200);
   });
 });

@@ -6,25 +6,14 @@ import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { QueryTypes } from "sequelize";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { ServerReflection, type ServerReflectionResponse } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { startTestServer, type TestServer } from "./support/server.js";
+import { databaseKind } from "./support/database.js";
+import { useTestServer } from "./support/server.js";
 
 const buf = path.resolve(import.meta.dirname, "../node_modules/.bin/buf");
 
-let database: TestDatabase;
-let server: TestServer;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
-});
+const fixture = useTestServer();
 
 /** Runs `buf curl` (the local binary from npm, no network) and returns what it printed. */
 async function bufCurl(...args: string[]): Promise<string> {
@@ -41,13 +30,13 @@ const SERVICES = [
 
 describe(`gRPC server reflection (${databaseKind})`, () => {
   it("lets buf curl list the services, over HTTP/1.1 and over gRPC", async () => {
-    expect((await bufCurl("--list-services", server.baseUrl)).trim().split("\n")).toEqual(SERVICES);
-    const grpc = await bufCurl("--list-services", "--protocol", "grpc", "--http2-prior-knowledge", server.baseUrl);
+    expect((await bufCurl("--list-services", fixture.server.baseUrl)).trim().split("\n")).toEqual(SERVICES);
+    const grpc = await bufCurl("--list-services", "--protocol", "grpc", "--http2-prior-knowledge", fixture.server.baseUrl);
     expect(grpc.trim().split("\n")).toEqual(SERVICES);
   });
 
   it("lists them over grpc.reflection.v1alpha too, for older clients", async () => {
-    const output = await bufCurl("--list-services", "--reflect-protocol", "grpc-v1alpha", "--http2-prior-knowledge", server.baseUrl);
+    const output = await bufCurl("--list-services", "--reflect-protocol", "grpc-v1alpha", "--http2-prior-knowledge", fixture.server.baseUrl);
     expect(output.trim().split("\n")).toEqual(SERVICES);
   });
 
@@ -58,11 +47,11 @@ describe(`gRPC server reflection (${databaseKind})`, () => {
       "--http2-prior-knowledge",
       "-d",
       JSON.stringify({ source: "whatsapp", sender_id: "5511955554444", content: "sem schema", metadata: { via: "reflection" } }),
-      `${server.baseUrl}/aurora.crm.v1.IngestService/IngestMessage`,
+      `${fixture.server.baseUrl}/aurora.crm.v1.IngestService/IngestMessage`,
     );
     const response = JSON.parse(output);
     expect(response).toMatchObject({ status: "persisted", eventStatus: "INGEST_EVENT_STATUS_LINKED" });
-    const [event] = await database.sequelize.query<{ content: string; metadata: unknown }>(
+    const [event] = await fixture.database.sequelize.query<{ content: string; metadata: unknown }>(
       "SELECT content, metadata FROM crm_ingest_events WHERE id = $1",
       { bind: [response.eventId], type: QueryTypes.SELECT },
     );
@@ -70,7 +59,7 @@ describe(`gRPC server reflection (${databaseKind})`, () => {
   });
 
   it("answers symbols and file names with the file and its imports, and NOT_FOUND for unknown ones", async () => {
-    const client = createClient(ServerReflection, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const client = createClient(ServerReflection, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     async function* requests() {
       yield { messageRequest: { case: "fileContainingSymbol" as const, value: "aurora.crm.v1.IngestService.IngestMessage" } };
       yield { messageRequest: { case: "fileByFilename" as const, value: "google/protobuf/struct.proto" } };

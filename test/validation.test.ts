@@ -10,27 +10,19 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { ConfigError, defaultInputLimits, loadConfig, type InputLimits } from "../src/config.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { databaseKind } from "./support/database.js";
 import { startService } from "./support/process.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { postJson, startTestServer, useTestServer, type TestServer } from "./support/server.js";
 
-let database: TestDatabase;
-let server: TestServer;
+const fixture = useTestServer();
 let client: Client<typeof IngestService>;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  server = await startTestServer(database);
-  client = createClient(IngestService, createConnectTransport({ baseUrl: server.baseUrl, httpVersion: "1.1" }));
-});
-
-afterAll(async () => {
-  await server?.server.close();
-  await database?.close();
+beforeAll(() => {
+  client = createClient(IngestService, createConnectTransport({ baseUrl: fixture.server.baseUrl, httpVersion: "1.1" }));
 });
 
 const countEvents = async () =>
-  Number((await database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n);
+  Number((await fixture.database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n);
 
 /** The request's fields in the plain route's snake_case. */
 const snake = (request: Record<string, unknown>) =>
@@ -80,7 +72,7 @@ describe(`input rules (${databaseKind})`, () => {
     );
     expect(violationsOf(error)).toEqual([[field, rule]]);
 
-    const plain = await postJson(server.baseUrl, "/ingest/message", snake(request));
+    const plain = await postJson(fixture.server.baseUrl, "/ingest/message", snake(request));
     expect(plain.status).toBe(400);
     expect(plain.body.code).toBe("invalid_argument");
     expect(plain.body.message).toContain(field);
@@ -98,7 +90,7 @@ describe(`input rules (${databaseKind})`, () => {
     ["text with inner spaces and paired surrogates", { senderId: " a b ", content: " 😀 ", metadata: { "😀": "😀" } }],
   ])("accepts %s", async (_name, change) => {
     const response = await client.ingestMessage({ ...valid, ...change });
-    const [event] = await database.sequelize.query<any>("SELECT sender_id, content, metadata FROM crm_ingest_events WHERE id = $1", {
+    const [event] = await fixture.database.sequelize.query<any>("SELECT sender_id, content, metadata FROM crm_ingest_events WHERE id = $1", {
       bind: [response.eventId],
       type: QueryTypes.SELECT,
     });
@@ -117,7 +109,7 @@ describe(`input rules (${databaseKind})`, () => {
   ])("refuses a lone surrogate in %s as 400 naming the field, on both paths", async (field, body, rule) => {
     const before = await countEvents();
     for (const route of ["/ingest/message", "/aurora.crm.v1.IngestService/IngestMessage"]) {
-      const response = await postJson(server.baseUrl, route, body);
+      const response = await postJson(fixture.server.baseUrl, route, body);
       expect(response.status).toBe(400);
       expect(response.body.code).toBe("invalid_argument");
       expect(response.body.message).toContain(field);
@@ -130,7 +122,7 @@ describe(`input rules (${databaseKind})`, () => {
   it("refuses JSON that is not UTF-8 instead of storing replacement characters", async () => {
     const before = await countEvents();
     const body = Buffer.concat([Buffer.from('{"source":"web","sender_id":"x","content":"caf'), Buffer.from([0xe9]), Buffer.from('"}')]);
-    const response = await fetch(`${server.baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body });
+    const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body });
 
     expect(response.status).toBe(400);
     expect((await response.json()).code).toBe("invalid_argument");
@@ -140,16 +132,16 @@ describe(`input rules (${databaseKind})`, () => {
   it("refuses metadata that is not a JSON object, or nests past what the parser takes", async () => {
     const before = await countEvents();
     for (const metadata of ["[]", '"text"', "42", `${'{"a":'.repeat(50_000)}1${"}".repeat(50_000)}`, `{"a":${"[".repeat(200_000)}${"]".repeat(200_000)}}`]) {
-      const response = await postJson(server.baseUrl, "/ingest/message", `{"source":"web","sender_id":"x","content":"y","metadata":${metadata}}`);
+      const response = await postJson(fixture.server.baseUrl, "/ingest/message", `{"source":"web","sender_id":"x","content":"y","metadata":${metadata}}`);
       expect(response.status).toBe(400);
       expect(response.body.code).toBe("invalid_argument");
     }
     expect(await countEvents()).toBe(before);
-    expect(server.loggedErrors).toEqual([]);
+    expect(fixture.server.loggedErrors).toEqual([]);
   });
 
   it("refuses NaN and infinite metadata numbers, which only the binary encoding carries", async () => {
-    const grpc = createClient(IngestService, createGrpcTransport({ baseUrl: server.baseUrl }));
+    const grpc = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     const before = await countEvents();
     for (const value of [NaN, Infinity]) {
       const error = await grpc.ingestMessage({ ...valid, metadata: { value } }).then(
@@ -165,11 +157,11 @@ describe(`input rules (${databaseKind})`, () => {
     const before = await countEvents();
     const content = "x".repeat(defaultInputLimits.requestMaxBytes);
 
-    const plain = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content });
+    const plain = await postJson(fixture.server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content });
     expect(plain.status).toBe(413);
     expect(plain.body.code).toBe("resource_exhausted");
 
-    const chunked = await fetch(`${server.baseUrl}/ingest/message`, {
+    const chunked = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: new Blob([JSON.stringify({ source: "web", sender_id: "x", content })]).stream(),
@@ -188,7 +180,7 @@ describe(`input rules (${databaseKind})`, () => {
     expect(error?.code).toBe(Code.ResourceExhausted);
 
     expect(await countEvents()).toBe(before);
-    const after = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "still serving" });
+    const after = await postJson(fixture.server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "still serving" });
     expect(after.status).toBe(200);
   });
 });
@@ -221,14 +213,14 @@ describe(`bytes that are not protobuf (${databaseKind})`, () => {
 
   it.each(bodies)("answers %s over Connect with 400 invalid_argument", async (_name, body) => {
     const before = await countEvents();
-    const response = await fetch(server.baseUrl + path, { method: "POST", headers: { "content-type": "application/proto" }, body: Buffer.from(body) });
+    const response = await fetch(fixture.server.baseUrl + path, { method: "POST", headers: { "content-type": "application/proto" }, body: Buffer.from(body) });
     expect(response.status).toBe(400);
     expect(await response.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("parse binary") });
     expect(await countEvents()).toBe(before);
   });
 
   it.each(bodies)("answers %s over gRPC-Web with status 3 (INVALID_ARGUMENT)", async (_name, body) => {
-    const response = await fetch(server.baseUrl + path, {
+    const response = await fetch(fixture.server.baseUrl + path, {
       method: "POST",
       headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
       body: envelope(body),
@@ -239,7 +231,7 @@ describe(`bytes that are not protobuf (${databaseKind})`, () => {
   });
 
   it.each(bodies)("answers %s over gRPC with status 3 (INVALID_ARGUMENT)", async (_name, body) => {
-    const session = http2.connect(server.baseUrl);
+    const session = http2.connect(fixture.server.baseUrl);
     try {
       const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
         const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
@@ -268,7 +260,7 @@ describe(`configured limits (${databaseKind})`, () => {
   let smallClient: Client<typeof IngestService>;
 
   beforeAll(async () => {
-    small = await startTestServer(database, { limits });
+    small = await startTestServer(fixture.database, { limits });
     smallClient = createClient(IngestService, createConnectTransport({ baseUrl: small.baseUrl, httpVersion: "1.1" }));
   });
   afterAll(async () => small?.server.close());
@@ -344,7 +336,7 @@ describe("limits in the configuration", () => {
 
   it("npm start serves with the limits from its environment", async () => {
     const dataDir = databaseKind === "embedded" ? await mkdtemp(path.join(os.tmpdir(), "aurora-limits-")) : undefined;
-    const env: Record<string, string> = dataDir ? { DATABASE_URL: "", EMBEDDED_DATA_DIR: dataDir } : { DATABASE_URL: database.url };
+    const env: Record<string, string> = dataDir ? { DATABASE_URL: "", EMBEDDED_DATA_DIR: dataDir } : { DATABASE_URL: fixture.database.url };
     const service = await startService({ ...env, MAX_CONTENT_BYTES: "4" });
     try {
       const tooLong = await postJson(service.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "12345" });

@@ -1,11 +1,13 @@
-import type { InputLimits } from "../../src/config.js";
 import { Registry } from "prom-client";
+import { afterAll, beforeAll } from "vitest";
+import type { InputLimits } from "../../src/config.js";
 import type { Sequelize } from "sequelize-typescript";
 import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/health/database-health.js";
 import type { PhoneRegion } from "../../src/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
 import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
 import { buildServer, type IngestServer, type ServerOptions } from "../../src/server.js";
+import { createTestDatabase, type TestDatabase } from "./database.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */
 export interface TestServer {
@@ -21,15 +23,32 @@ export interface TestServer {
   readonly loggedErrors: Array<Record<string, any>>;
 }
 
+export type TestServerOptions = {
+  defaultPhoneRegion?: PhoneRegion;
+  health?: Partial<DatabaseHealthOptions>;
+  limits?: InputLimits;
+} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs">;
+
+/**
+ * For a test file: a throwaway database and a server over it, started before
+ * the file's tests and closed after them. Its fields are set once the file's
+ * `beforeAll` hooks ran, so read them inside hooks and tests.
+ */
+export function useTestServer(options: TestServerOptions = {}): { database: TestDatabase; server: TestServer } {
+  const context = {} as { database: TestDatabase; server: TestServer };
+  beforeAll(async () => {
+    context.database = await createTestDatabase();
+    context.server = await startTestServer(context.database, options);
+  });
+  afterAll(async () => {
+    await context.server?.server.close();
+    await context.database?.close();
+  });
+  return context;
+}
+
 /** Starts a server with its own logger (into memory, every level), metrics registry and health. */
-export async function startTestServer(
-  database: { sequelize: Sequelize },
-  options: {
-    defaultPhoneRegion?: PhoneRegion;
-    health?: Partial<DatabaseHealthOptions>;
-    limits?: InputLimits;
-  } & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs"> = {},
-): Promise<TestServer> {
+export async function startTestServer(database: { sequelize: Sequelize }, options: TestServerOptions = {}): Promise<TestServer> {
   const raw: string[] = [];
   const logLines: Array<Record<string, any>> = [];
   const log = createLogger({
