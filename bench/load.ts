@@ -4,9 +4,10 @@
  * window, and prints one JSON line per phase on stdout.
  *
  * Modes: `grpc` (gRPC over h2c), `connect` (Connect JSON over HTTP/1.1),
- * `route` (POST /ingest/message) against the server; `bare`, the route's
- * requests against bench/bare-server.ts; and `sql`, which does the same
- * logical work straight on a `pg` pool: the database's floor.
+ * `route` (POST /ingest/message) against the server; `bare` and
+ * `bare-connect`, the route's requests against the reference servers
+ * (bench/bare-server.ts, bench/bare-connect-server.ts); and `sql`, which
+ * does the same logical work straight on a `pg` pool: the database's floor.
  */
 import http from "node:http";
 import http2 from "node:http2";
@@ -18,7 +19,7 @@ import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService 
 import { floorIngest } from "./floor.js";
 import { messageSource, type Message } from "./traffic.js";
 
-export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare";
+export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect";
 
 /** What bench/run.ts hands the load generator (as JSON in argv[2]). */
 export interface LoadPlan {
@@ -182,7 +183,8 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
     }
     case "connect":
     case "route":
-    case "bare": {
+    case "bare":
+    case "bare-connect": {
       const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true } as http.AgentOptions);
       const connect = plan.mode === "connect";
       const url = new URL(connect ? INGEST_MESSAGE_PATH : "/ingest/message", plan.target);

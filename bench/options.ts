@@ -30,7 +30,7 @@ export interface BenchOptions {
   label: string;
 }
 
-const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare"];
+const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect"];
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const flags = new Map<string, string>();

@@ -79,19 +79,20 @@ async function main(): Promise<void> {
       const l = row.load;
       console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
     };
-    // The floor and the bare reference server run where they are listed;
+    // The floor and the reference servers run where they are listed;
     // each run of consecutive service scenarios shares one server per worker count.
     for (const group of groupScenarios(options.scenarios)) {
       if (group[0] === "sql") {
         await measure("sql");
         continue;
       }
-      if (group[0] === "bare") {
-        const bare = await startServer(benchUrl.toString(), 1, options.pool, "bench/bare-server.ts");
+      const reference = REFERENCE_SERVERS[group[0]];
+      if (reference) {
+        const server = await startServer(benchUrl.toString(), 1, options.pool, reference);
         try {
-          await measure("bare", bare);
+          await measure(group[0], server);
         } finally {
-          await bare.stop();
+          await server.stop();
         }
         continue;
       }
@@ -193,9 +194,19 @@ async function integrity(db: pg.Client): Promise<string[]> {
     .map(([what, n]) => `${n} ${what.replaceAll("_", " ")}`);
 }
 
+/**
+ * Servers that are not the service, each a scenario of its own: the least a
+ * Node.js server (`bare`) and a Connect server (`bare-connect`) do for the
+ * same message, so the table shows where the distance to the floor comes from.
+ */
+const REFERENCE_SERVERS: Partial<Record<LoadMode, string>> = {
+  bare: "bench/bare-server.ts",
+  "bare-connect": "bench/bare-connect-server.ts",
+};
+
 /** `sql,grpc,route,bare,sql` -> [sql], [grpc, route], [bare], [sql]. */
 function groupScenarios(scenarios: LoadMode[]): LoadMode[][] {
-  const alone = (scenario: LoadMode) => scenario === "sql" || scenario === "bare";
+  const alone = (scenario: LoadMode) => scenario === "sql" || scenario in REFERENCE_SERVERS;
   const groups: LoadMode[][] = [];
   for (const scenario of scenarios) {
     const last = groups.at(-1);
@@ -315,7 +326,7 @@ async function postgresBackends(db: pg.Client): Promise<number[]> {
   return rows.map((r) => r.pid);
 }
 
-/** The server under test (`src/main.ts`, or the bare reference server) in a process of its own. */
+/** The server under test (`src/main.ts`, or a reference server) in a process of its own. */
 interface Server {
   child: ChildProcess;
   baseUrl: string;
@@ -382,7 +393,7 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
 }
 
 function label(row: Row): string {
-  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message", bare: "bare node:http + pg" }[row.scenario];
+  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message", bare: "bare node:http + pg", "bare-connect": "bare Connect + pg" }[row.scenario];
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {
