@@ -13,10 +13,10 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * `connection` for every socket and `session` for every HTTP/2 session.
  *
  * Not a library's protocol sniffer: the one we used hands HTTP/2 sockets to
- * Node marked as generic streams, so Node drove every HTTP/2 frame through a
- * JavaScript stream wrapper, a large share of each gRPC call's CPU. Node's
- * HTTP/2 takes a plain socket with the sniffed bytes pushed back, as its
- * HTTP/1.1 server does.
+ * Node marked as generic streams, so every HTTP/2 read and write went through
+ * an extra JavaScript stream wrapper. Node's HTTP/2 takes a plain socket with
+ * the sniffed bytes pushed back (it reads them first), as its HTTP/1.1 server
+ * does.
  */
 export function createPlaintextServer(listener: Listener): net.Server {
   const http1Server = http.createServer(listener);
