@@ -4,6 +4,13 @@ import net from "node:net";
 
 type Listener = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 
+export interface PlaintextServerOptions {
+  /** How long a new connection may take to send the bytes that tell its protocol; then it is closed. */
+  firstBytesTimeoutMs?: number;
+  /** Options of the HTTP/1.1 server (node:http's `headersTimeout`, `requestTimeout`, ...). */
+  http1?: http.ServerOptions;
+}
+
 /** What every HTTP/2 client without TLS sends first ("prior knowledge", as gRPC clients do). */
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -17,14 +24,22 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * an extra JavaScript stream wrapper. Node's HTTP/2 takes a plain socket with
  * the sniffed bytes pushed back (it reads them first), as its HTTP/1.1 server
  * does.
+ *
+ * Slow or silent clients cannot hold sockets for ever: a connection must tell
+ * its protocol within `firstBytesTimeoutMs` (default 60 s), and HTTP/1.1
+ * requests are held to node:http's `headersTimeout` and `requestTimeout`.
  */
-export function createPlaintextServer(listener: Listener): net.Server {
-  const http1Server = http.createServer(listener);
+export function createPlaintextServer(listener: Listener, options: PlaintextServerOptions = {}): net.Server {
+  const firstBytesTimeoutMs = options.firstBytesTimeoutMs ?? 60_000;
+  const http1Server = http.createServer(options.http1 ?? {}, listener);
   const http2Server = http2.createServer(listener);
   const server = net.createServer((socket) => {
-    // Until a protocol server owns the socket, an error (a reset) only ends it.
+    // Until a protocol server owns the socket, an error (a reset) or silence only ends it.
     const ignore = () => undefined;
+    const giveUp = () => socket.destroy();
     socket.on("error", ignore);
+    socket.setTimeout(firstBytesTimeoutMs);
+    socket.on("timeout", giveUp);
     let head: Buffer = Buffer.alloc(0);
     // Paused-mode reads: once the protocol server adds its own listeners, the
     // socket flows again, starting with the bytes pushed back.
@@ -37,11 +52,17 @@ export function createPlaintextServer(listener: Listener): net.Server {
       if (couldBeHttp2 && head.length < HTTP2_PREFACE.length) return;
       socket.off("readable", sniff);
       socket.off("error", ignore);
+      socket.off("timeout", giveUp);
+      socket.setTimeout(0);
       socket.unshift(head);
       (couldBeHttp2 ? http2Server : http1Server).emit("connection", socket);
     };
     socket.on("readable", sniff);
   });
   http2Server.on("session", (session) => server.emit("session", session));
+  // node:http enforces headersTimeout and requestTimeout from when it starts
+  // listening; the socket server listens in its place, so it passes that on.
+  server.on("listening", () => http1Server.emit("listening"));
+  server.on("close", () => http1Server.close());
   return server;
 }

@@ -4,6 +4,7 @@ import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { createPlaintextServer, type PlaintextServerOptions } from "../src/plaintext-server.js";
 import { databaseKind } from "./support/database.js";
 import { useTestServer } from "./support/server.js";
 
@@ -97,5 +98,53 @@ describe(`protocol recognition on the cleartext port (${databaseKind})`, () => {
     }
     const response = await fetch(`${fixture.server.baseUrl}/healthz`);
     expect(response.status).toBe(200);
+  });
+});
+
+describe("slow and silent clients on the cleartext port", () => {
+  /** A cleartext server answering 200 to everything, with short limits, on an ephemeral port. */
+  async function strictServer(options: PlaintextServerOptions) {
+    const server = createPlaintextServer((_req, res) => res.end("ok"), options);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address() as net.AddressInfo;
+    return { port, close: () => new Promise((resolve) => server.close(resolve)) };
+  }
+
+  /** Connects, writes `bytes` (if any), and resolves to everything the server sent once it closed the connection. */
+  async function sendAndWaitForClose(port: number, bytes?: string): Promise<string> {
+    const socket = net.connect({ host: "127.0.0.1", port });
+    let received = "";
+    socket.on("data", (chunk) => (received += chunk));
+    if (bytes) socket.write(bytes);
+    await new Promise((resolve) => socket.once("close", resolve));
+    return received;
+  }
+
+  it("closes a connection that sends nothing", async () => {
+    const server = await strictServer({ firstBytesTimeoutMs: 200 });
+    try {
+      expect(await sendAndWaitForClose(server.port)).toBe("");
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("closes a connection that stops in the middle of the HTTP/2 preface", async () => {
+    const server = await strictServer({ firstBytesTimeoutMs: 200 });
+    try {
+      expect(await sendAndWaitForClose(server.port, "PRI * HTTP/2.0")).toBe("");
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("answers 408 to an HTTP/1.1 client that never finishes its headers", async () => {
+    const server = await strictServer({ http1: { headersTimeout: 300, requestTimeout: 600, connectionsCheckingInterval: 50 } });
+    try {
+      const received = await sendAndWaitForClose(server.port, "POST /ingest/message HTTP/1.1\r\nHost: localhost\r\n");
+      expect(received).toMatch(/^HTTP\/1\.1 408 /);
+    } finally {
+      await server.close();
+    }
   });
 });
