@@ -8,12 +8,11 @@
  * Env: DATABASE_URL, DATABASE_POOL_MAX. Prints `listening on <url>` when ready.
  */
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import pg from "pg";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { createPlaintextServer } from "../src/plaintext-server.js";
-import { floorIngest } from "./floor.js";
+import { floorIngest, referencePool, serveReference } from "./floor.js";
 
-const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.DATABASE_POOL_MAX) || 10 });
+const pool = referencePool();
 
 const handler = connectNodeAdapter({
   routes: (router) =>
@@ -37,11 +36,4 @@ const server = createPlaintextServer((req, res) => {
   handler(req, res);
 });
 
-server.listen(0, "127.0.0.1", () => {
-  const { port } = server.address() as { port: number };
-  console.log(`listening on http://127.0.0.1:${port}`);
-});
-process.once("SIGTERM", () => {
-  server.close();
-  void pool.end().then(() => process.exit(0));
-});
+serveReference(server, pool);

@@ -9,10 +9,9 @@
  * Env: DATABASE_URL, DATABASE_POOL_MAX. Prints `listening on <url>` when ready.
  */
 import http from "node:http";
-import pg from "pg";
-import { floorIngest, type FloorMessage } from "./floor.js";
+import { floorIngest, referencePool, serveReference, type FloorMessage } from "./floor.js";
 
-const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.DATABASE_POOL_MAX) || 10 });
+const pool = referencePool();
 
 const server = http.createServer({ noDelay: true }, (req, res) => {
   let body = "";
@@ -43,12 +42,4 @@ const server = http.createServer({ noDelay: true }, (req, res) => {
   });
 });
 
-server.listen(0, "127.0.0.1", () => {
-  const { port } = server.address() as { port: number };
-  console.log(`listening on http://127.0.0.1:${port}`);
-});
-process.once("SIGTERM", () => {
-  server.close();
-  server.closeAllConnections();
-  void pool.end().then(() => process.exit(0));
-});
+serveReference(server, pool);

@@ -1,7 +1,8 @@
 /**
  * The floor's unit of work: what a hand-written client does for one message
  * with the same semantics as the service, and nothing else. Used by the `sql`
- * scenario straight from the load generator, and by bench/bare-server.ts.
+ * scenario straight from the load generator, and by the reference servers
+ * (bench/bare-server.ts, bench/bare-connect-server.ts), with what they share.
  *
  * One statement per message (atomic on its own, so no BEGIN/COMMIT round
  * trips), prepared once per connection: look the contact up by its key,
@@ -12,7 +13,8 @@
  * It is the statement the service runs, written out here so the floor
  * depends on nothing of the service.
  */
-import type pg from "pg";
+import type net from "node:net";
+import pg from "pg";
 import type { Message } from "./traffic.js";
 
 export type FloorMessage = Pick<Message, "source" | "senderId" | "content" | "metadata" | "externalId">;
@@ -53,4 +55,24 @@ export async function floorIngest(pool: pg.Pool, m: FloorMessage): Promise<{ id:
       if ((error as { code?: string }).code !== "23505" || attempt === 3) throw error;
     }
   }
+}
+
+/** A reference server's pool, sized like the service's: DATABASE_URL, DATABASE_POOL_MAX. */
+export function referencePool(): pg.Pool {
+  return new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.DATABASE_POOL_MAX) || 10 });
+}
+
+/**
+ * Runs a reference server as bench/run.ts expects of any server: on an
+ * ephemeral loopback port, saying `listening on <url>`, and ending on SIGTERM.
+ */
+export function serveReference(server: net.Server, pool: pg.Pool): void {
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as net.AddressInfo;
+    console.log(`listening on http://127.0.0.1:${port}`);
+  });
+  process.once("SIGTERM", () => {
+    server.close();
+    void pool.end().then(() => process.exit(0));
+  });
 }
