@@ -9,7 +9,7 @@
  */
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { createPlaintextServer } from "../src/plaintext-server.js";
+import { createPlaintextServer } from "../src/transport/plaintext-server.js";
 import { floorIngest, referencePool, serveReference } from "./floor.js";
 
 const pool = referencePool();

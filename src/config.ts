@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import path from "node:path";
 import { pino } from "pino";
-import { isPhoneRegion, type PhoneRegion } from "./identity/phone-number.js";
+import { isPhoneRegion, type PhoneRegion } from "./ingest/identity/phone-number.js";
 
 /** Everything the service reads from its environment, parsed and checked once at start-up. */
 export interface Config {
@@ -21,7 +21,7 @@ export interface Config {
   logLevel: string;
   /** `json` lines, `pretty` for people, or `auto`: pretty when stdout is a terminal. */
   logFormat: "auto" | "json" | "pretty";
-  /** Size limits on requests, enforced before anything is stored (src/validation.ts). */
+  /** Size limits on requests, enforced before anything is stored (src/interceptors/validation.ts). */
   limits: InputLimits;
   /** How long a request may wait on the database before it is answered `Unavailable`. */
   databaseTimeoutMs: number;

@@ -9,11 +9,11 @@ import { Registry } from "prom-client";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { openDatabase, type Database } from "./db/database.js";
 import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
-import { DatabaseHealth } from "./health/database-health.js";
+import { DatabaseHealth } from "./db/database-health.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
-import { buildServer } from "./server.js";
-import { startWorkers } from "./workers.js";
+import { buildServer } from "./transport/server.js";
+import { startWorkers } from "./transport/workers.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../src/config.js";
-import { senderIdentity, type IdentityOptions } from "../src/identity/sender-identity.js";
+import { senderIdentity, type IdentityOptions } from "../src/ingest/identity/sender-identity.js";
 
 const brazil: IdentityOptions = { defaultPhoneRegion: "BR" };
 

@@ -106,18 +106,18 @@ describe("npm run migrate", () => {
   });
 
   it("applies, reports status, is harmless when run twice, and reverts the last", async () => {
-    const first = await runScript("src/migrate.ts", [], env);
+    const first = await runScript("src/cli/migrate.ts", [], env);
     expect(first.code).toBe(0);
     expect(first.output).toContain(
       "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id",
     );
     expect(first.output).not.toMatch(/password/i);
 
-    const second = await runScript("src/migrate.ts", ["up"], env);
+    const second = await runScript("src/cli/migrate.ts", ["up"], env);
     expect(second.code).toBe(0);
     expect(second.output).toContain("nothing to apply");
 
-    const status = await runScript("src/migrate.ts", ["status"], env);
+    const status = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(status.output).toMatch(
       /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id/,
     );
@@ -125,15 +125,15 @@ describe("npm run migrate", () => {
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
     expect(status.output).toContain("schema version: 2026.01.04T00.01.ingest-event-external-id (3 applied, 0 pending)");
 
-    const down = await runScript("src/migrate.ts", ["down"], env);
+    const down = await runScript("src/cli/migrate.ts", ["down"], env);
     expect(down.output).toContain("reverted: 2026.01.04T00.01.ingest-event-external-id");
-    const after = await runScript("src/migrate.ts", ["status"], env);
+    const after = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(after.output).toMatch(/applied\s+2026.01.03T00.03.ingest-events\npending\s+2026.01.04T00.01.ingest-event-external-id/);
     expect(after.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 1 pending)");
   });
 
   it("rejects an unknown command with a non-zero exit", async () => {
-    const result = await runScript("src/migrate.ts", ["sideways"], env);
+    const result = await runScript("src/cli/migrate.ts", ["sideways"], env);
     expect(result.code).not.toBe(0);
     expect(result.output).toContain('unknown command "sideways"');
   });

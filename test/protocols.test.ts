@@ -4,7 +4,7 @@ import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { createPlaintextServer, type PlaintextServerOptions } from "../src/plaintext-server.js";
+import { createPlaintextServer, type PlaintextServerOptions } from "../src/transport/plaintext-server.js";
 import { databaseKind } from "./support/database.js";
 import { useTestServer } from "./support/server.js";
 

@@ -1,10 +1,10 @@
 import { UniqueConstraintError } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
-import { DuplicateConflictError } from "../errors.js";
+import { DuplicateConflictError } from "./errors.js";
 import type { IngestEventStatus } from "../db/models/IngestEvent.js";
 import { runPrepared, type PreparedStatement } from "../db/prepared-statement.js";
-import { metadataJson } from "../metadata-json.js";
-import { senderIdentity, type ContactKey, type IdentityOptions } from "../identity/sender-identity.js";
+import { metadataJson } from "./metadata-json.js";
+import { senderIdentity, type ContactKey, type IdentityOptions } from "./identity/sender-identity.js";
 
 /** What the command works with: the database, and the settings of the identity rules. */
 export interface IngestDependencies extends IdentityOptions {

@@ -5,7 +5,7 @@ import { isMessage, type DescService } from "@bufbuild/protobuf";
 import { ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestResultKey } from "../ingest/ingest-service.js";
+import { ingestResultKey } from "../services/ingest-service.js";
 import { maskSenderId, requestLoggerKey, type Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
 

@@ -4,7 +4,7 @@ import path from "node:path";
 const root = path.resolve(import.meta.dirname, "../..");
 const tsx = path.join(root, "node_modules/.bin/tsx");
 
-/** Runs one of the project's scripts (e.g. `src/migrate.ts`) to completion and returns its exit code and output. */
+/** Runs one of the project's scripts (e.g. `src/cli/migrate.ts`) to completion and returns its exit code and output. */
 export function runScript(script: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(tsx, [script, ...args], { cwd: root, env: { ...process.env, ...env } });

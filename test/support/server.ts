@@ -2,11 +2,11 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll } from "vitest";
 import type { InputLimits } from "../../src/config.js";
 import type { Sequelize } from "sequelize-typescript";
-import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/health/database-health.js";
-import type { PhoneRegion } from "../../src/identity/phone-number.js";
+import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/db/database-health.js";
+import type { PhoneRegion } from "../../src/ingest/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
 import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
-import { buildServer, type IngestServer, type ServerOptions } from "../../src/server.js";
+import { buildServer, type IngestServer, type ServerOptions } from "../../src/transport/server.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */

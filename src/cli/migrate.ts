@@ -2,9 +2,9 @@
  * `npm run migrate [-- up|down|status]`: applies, reverts the last, or lists
  * migrations against DATABASE_URL (or the embedded database when it is unset).
  */
-import { ConfigError, loadConfig } from "./config.js";
-import { openDatabase } from "./db/database.js";
-import { createMigrator, describeSchema, schemaStatus } from "./db/migrator.js";
+import { ConfigError, loadConfig } from "../config.js";
+import { openDatabase } from "../db/database.js";
+import { createMigrator, describeSchema, schemaStatus } from "../db/migrator.js";
 
 async function main(command: string): Promise<void> {
   const config = loadConfig();

@@ -1,6 +1,6 @@
 import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
 import { IngestEventStatus, type IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestMessage, type IngestDependencies, type IngestMessageResult } from "./ingest-message.js";
+import { ingestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
 
 const eventStatusToProto = {
   RECEIVED: IngestEventStatus.RECEIVED,

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { Metrics } from "../observability/metrics.js";
-import type { DatabaseHealth } from "./database-health.js";
+import type { DatabaseHealth } from "../db/database-health.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;

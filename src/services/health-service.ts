@@ -1,6 +1,6 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import type { DatabaseHealth } from "./database-health.js";
+import type { DatabaseHealth } from "../db/database-health.js";
 
 /**
  * `grpc.health.v1.Health` over the database's health: SERVING while the

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Sequelize } from "sequelize-typescript";
-import { createMigrator, schemaStatus } from "../db/migrator.js";
+import { createMigrator, schemaStatus } from "./migrator.js";
 import type { Logger } from "../observability/logger.js";
 
 export interface DatabaseHealthOptions {

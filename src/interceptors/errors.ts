@@ -1,33 +1,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ConnectionError, DatabaseError } from "sequelize";
-import { requestLoggerKey, type Logger } from "./observability/logger.js";
-
-/** The request itself is wrong: the caller must change it before retrying. */
-export class InvalidInputError extends Error {
-  constructor(
-    readonly field: string,
-    message: string,
-  ) {
-    super(`${field}: ${message}`);
-  }
-}
-
-/**
- * A retry named an external_id that is already stored for its source, but
- * with a different sender or content: the key was reused for another
- * message, and storing either silently would lose one of them.
- */
-export class DuplicateConflictError extends Error {
-  constructor(
-    readonly originalEventId: string,
-    readonly differingFields: string[],
-  ) {
-    super(
-      `external_id is already stored for this source as event ${originalEventId}, ` +
-        `with a different ${differingFields.join(" and ")}; send a new external_id for a new message`,
-    );
-  }
-}
+import { DuplicateConflictError } from "../ingest/errors.js";
+import { requestLoggerKey, type Logger } from "../observability/logger.js";
 
 /** The database did not answer a request within the configured time. */
 export class DatabaseTimeoutError extends Error {
@@ -44,7 +18,6 @@ export class DatabaseTimeoutError extends Error {
  */
 export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
-  if (error instanceof InvalidInputError) return new ConnectError(error.message, Code.InvalidArgument);
   if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof DatabaseError) {
     const sqlState = String((error.original as { code?: unknown })?.code ?? "");

@@ -4,9 +4,9 @@ import { createValidator, ValidationError, Violation, violationsToProto } from "
 import { FieldRulesSchema, StringRulesSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createValidateInterceptor } from "@connectrpc/validate";
-import { IngestMessageRequestSchema, type IngestMessageRequest } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import type { InputLimits } from "./config.js";
-import { metadataJson } from "./metadata-json.js";
+import { IngestMessageRequestSchema, type IngestMessageRequest } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import type { InputLimits } from "../config.js";
+import { metadataJson } from "../ingest/metadata-json.js";
 
 /**
  * The interceptors that check every request before a handler sees it. Both

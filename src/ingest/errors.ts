@@ -1,0 +1,16 @@
+/**
+ * A retry named an external_id that is already stored for its source, but
+ * with a different sender or content: the key was reused for another
+ * message, and storing either silently would lose one of them.
+ */
+export class DuplicateConflictError extends Error {
+  constructor(
+    readonly originalEventId: string,
+    readonly differingFields: string[],
+  ) {
+    super(
+      `external_id is already stored for this source as event ${originalEventId}, ` +
+        `with a different ${differingFields.join(" and ")}; send a new external_id for a new message`,
+    );
+  }
+}

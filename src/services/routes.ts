@@ -1,0 +1,31 @@
+import type { ConnectRouter } from "@connectrpc/connect";
+import type { Sequelize } from "sequelize-typescript";
+import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import type { DatabaseHealth } from "../db/database-health.js";
+import { createHealthService } from "./health-service.js";
+import type { PhoneRegion } from "../ingest/identity/phone-number.js";
+import { createIngestService } from "./ingest-service.js";
+import { registerReflection } from "./reflection-service.js";
+
+/** Everything the RPC handlers need, created by the entry point and handed in. */
+export interface ServiceDependencies {
+  sequelize: Sequelize;
+  /** Region whose national numbers a WhatsApp id without country code is read as. */
+  defaultPhoneRegion: PhoneRegion;
+  health: DatabaseHealth;
+}
+
+/** The services on the router, besides reflection, which lists them and itself. */
+export const SERVICES = [IngestService, Health];
+
+/** Builds the service implementations once; the function registers them on a Connect router (any number of times). */
+export function routes(dependencies: ServiceDependencies) {
+  const ingest = createIngestService(dependencies);
+  const health = createHealthService(dependencies.health, [IngestService.typeName]);
+  return (router: ConnectRouter) => {
+    router.service(IngestService, ingest);
+    router.service(Health, health);
+    registerReflection(router, SERVICES);
+  };
+}

@@ -1,0 +1,90 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { defaultInputLimits, type InputLimits } from "../config.js";
+import { errorInterceptor } from "../interceptors/errors.js";
+import { deadlineInterceptor } from "../interceptors/request-deadline.js";
+import { validationInterceptors } from "../interceptors/validation.js";
+import type { Logger } from "../observability/logger.js";
+import type { Metrics } from "../observability/metrics.js";
+import { createRequestObserver } from "../observability/request-observer.js";
+import { REFLECTION_SERVICES } from "../services/reflection-service.js";
+import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
+import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
+import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
+import { answerTooLargeWith413 } from "./request-size.js";
+import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
+
+type Request = IncomingMessage | Http2ServerRequest;
+type Response = ServerResponse | Http2ServerResponse;
+
+/** The plain JSON route the earlier version's clients call. */
+export const PLAIN_INGEST_PATH = "/ingest/message";
+const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
+
+export interface RequestHandlerOptions extends ServiceDependencies {
+  log: Logger;
+  metrics: Metrics;
+  /** Request size limits; the defaults when omitted. */
+  limits?: InputLimits;
+  /** Bearer tokens required on everything but health and readiness checks; none or empty: no authentication. */
+  apiTokens?: string[];
+  /** Longest a request may wait on the database before it is answered `Unavailable`. */
+  requestTimeoutMs?: number;
+}
+
+/**
+ * The one handler behind every connection, in the order a request meets it:
+ * the observer (request id, log line, metrics), the bearer token (checked
+ * before the body is read), the plain probes, then Connect, which serves the
+ * RPCs and, answered in snake_case, `POST /ingest/message`.
+ */
+export function createRequestHandler(options: RequestHandlerOptions): (req: Request, res: Response) => void {
+  // One log line and the metrics for every request; probes and scrapes log at debug.
+  const observer = createRequestObserver({
+    logger: options.log,
+    metrics: options.metrics,
+    services: [...SERVICES, ...REFLECTION_SERVICES],
+    httpRoutes: HTTP_PROBE_ROUTES,
+    quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
+  });
+  const probes = createHttpProbes(options.health, options.metrics);
+  const limits = options.limits ?? defaultInputLimits;
+  const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
+  if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
+  const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
+  // The service implementations are built once and registered on both adapters.
+  const registerRoutes = withUndecodableAsInvalidArgument(routes(options));
+  const adapterOptions = {
+    routes: registerRoutes,
+    interceptors,
+    contextValues: observer.contextValues,
+    // readMaxBytes refuses a larger body before it is parsed (resource_exhausted).
+    readMaxBytes: limits.requestMaxBytes,
+  };
+  // JSON bodies must be UTF-8: a fatal decoder refuses other bytes
+  // (invalid_argument) where the default one would store U+FFFD instead.
+  // (textDecoder reaches Connect's JSON serialization, though its option type omits it.)
+  const jsonOptions = { ignoreUnknownFields: true, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
+  const connectHandler = connectNodeAdapter({ ...adapterOptions, jsonOptions });
+  // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
+  // answered in snake_case with every field present, as the earlier version did.
+  const plainJsonHandler = answerTooLargeWith413(
+    limits.requestMaxBytes,
+    connectNodeAdapter({ ...adapterOptions, jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true } }),
+  );
+
+  return (req, res) => {
+    observer.begin(req, res);
+    if (!authenticated(req)) return rejectUnauthenticated(req, res);
+    if (probes(req, res)) return;
+    if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
+      req.url = INGEST_MESSAGE_PATH;
+      plainJsonHandler(req, res);
+    } else {
+      connectHandler(req, res);
+    }
+  };
+}
