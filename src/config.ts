@@ -33,7 +33,34 @@ export interface Config {
   tls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
   /** Processes serving the one port (node:cluster); above 1 only with PostgreSQL. */
   workers: number;
+  /** Bounds on connections, HTTP/2 sessions, request bodies and open streams (src/transport/server.ts). */
+  serverLimits: ServerLimits;
 }
+
+/** What one client can hold of the server: connections, HTTP/2 streams and memory, time to send a body, open watches. */
+export interface ServerLimits {
+  /** Open connections (HTTP/1.1 and HTTP/2, cleartext and TLS); further ones are closed at once. */
+  maxConnections: number;
+  /** Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  http2MaxConcurrentStreams: number;
+  /** Memory one HTTP/2 session may use (header tables, queued data), in MiB; past it new streams are refused. */
+  http2MaxSessionMemoryMb: number;
+  /** An HTTP/2 connection with no open stream for this long is closed (GOAWAY). */
+  http2IdleTimeoutMs: number;
+  /** Longest a client may take to send a request's body once its headers arrived: then `deadline_exceeded` (HTTP 408). */
+  requestBodyTimeoutMs: number;
+  /** Streaming calls (health Watch) open at once, per process; more are refused `resource_exhausted`. */
+  maxOpenWatches: number;
+}
+
+export const defaultServerLimits: ServerLimits = {
+  maxConnections: 1_000,
+  http2MaxConcurrentStreams: 100,
+  http2MaxSessionMemoryMb: 10,
+  http2IdleTimeoutMs: 300_000,
+  requestBodyTimeoutMs: 30_000,
+  maxOpenWatches: 100,
+};
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
 export interface InputLimits {
@@ -52,7 +79,8 @@ export interface InputLimits {
 }
 
 export const defaultInputLimits: InputLimits = {
-  requestMaxBytes: 1024 * 1024,
+  // The largest valid request (256 KiB content, 64 KiB metadata, ids) is about 0.33 MiB.
+  requestMaxBytes: 400 * 1024,
   senderIdMaxChars: 320,
   externalIdMaxChars: 320,
   contentMaxBytes: 256 * 1024,
@@ -166,6 +194,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     apiTokens,
     tls: cert && key ? { cert, key, clientCa } : undefined,
     workers: integer("WORKERS", 1, 1, 64),
+    serverLimits: {
+      maxConnections: integer("MAX_CONNECTIONS", defaultServerLimits.maxConnections, 1, 1_000_000),
+      http2MaxConcurrentStreams: integer("HTTP2_MAX_CONCURRENT_STREAMS", defaultServerLimits.http2MaxConcurrentStreams, 1, 10_000),
+      http2MaxSessionMemoryMb: integer("HTTP2_MAX_SESSION_MEMORY_MB", defaultServerLimits.http2MaxSessionMemoryMb, 1, 1_024),
+      http2IdleTimeoutMs: integer("HTTP2_IDLE_TIMEOUT_MS", defaultServerLimits.http2IdleTimeoutMs, 100, 86_400_000),
+      requestBodyTimeoutMs: integer("REQUEST_BODY_TIMEOUT_MS", defaultServerLimits.requestBodyTimeoutMs, 100, 3_600_000),
+      maxOpenWatches: integer("MAX_OPEN_WATCHES", defaultServerLimits.maxOpenWatches, 0, 1_000_000),
+    },
   };
   if (config.workers > 1 && databaseUrl === undefined) {
     problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");

@@ -46,6 +46,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     apiTokens: config.apiTokens,
     tls: config.tls,
     requestTimeoutMs: config.databaseTimeoutMs,
+    serverLimits: config.serverLimits,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.

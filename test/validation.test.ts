@@ -153,7 +153,7 @@ describe(`input rules (${databaseKind})`, () => {
     expect(await countEvents()).toBe(before);
   });
 
-  it("refuses a body over 1 MiB: 413 on the plain route, resource_exhausted over RPC, before parsing it", async () => {
+  it("refuses a body over the limit (400 KiB): 413 on the plain route, resource_exhausted over RPC, before parsing it", async () => {
     const before = await countEvents();
     const content = "x".repeat(defaultInputLimits.requestMaxBytes);
 
@@ -297,7 +297,7 @@ describe("limits in the configuration", () => {
   it("reads every limit from the environment, defaulting each one", () => {
     expect(loadConfig({}).limits).toEqual(defaultInputLimits);
     expect(defaultInputLimits).toEqual({
-      requestMaxBytes: 1_048_576,
+      requestMaxBytes: 409_600,
       senderIdMaxChars: 320,
       externalIdMaxChars: 320,
       contentMaxBytes: 262_144,

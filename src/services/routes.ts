@@ -7,6 +7,7 @@ import { createHealthService } from "./health-service.js";
 import type { PhoneRegion } from "../ingest/identity/phone-number.js";
 import { createIngestService } from "./ingest-service.js";
 import { registerReflection } from "./reflection-service.js";
+import type { OpenStreams } from "./stream-limits.js";
 
 /** Everything the RPC handlers need, created by the entry point and handed in. */
 export interface ServiceDependencies {
@@ -14,6 +15,8 @@ export interface ServiceDependencies {
   /** Region whose national numbers a WhatsApp id without country code is read as. */
   defaultPhoneRegion: PhoneRegion;
   health: DatabaseHealth;
+  /** The cap on open watches, shared by every streaming service; shut down with the server. */
+  streams: OpenStreams;
 }
 
 /** The services on the router, besides reflection, which lists them and itself. */
@@ -22,7 +25,7 @@ export const SERVICES = [IngestService, Health];
 /** Builds the service implementations once; the function registers them on a Connect router (any number of times). */
 export function routes(dependencies: ServiceDependencies) {
   const ingest = createIngestService(dependencies);
-  const health = createHealthService(dependencies.health, [IngestService.typeName]);
+  const health = createHealthService(dependencies.health, [IngestService.typeName], dependencies.streams);
   return (router: ConnectRouter) => {
     router.service(IngestService, ingest);
     router.service(Health, health);

@@ -75,3 +75,30 @@ export function trackConnections(server: Server): ConnectionTracker {
     },
   };
 }
+
+/**
+ * Closes (GOAWAY) every HTTP/2 session of `server` that has had no open
+ * stream for `idleMs`, including one that never opened any: a client cannot
+ * hold a connection by sending only the preface. A client that comes back
+ * opens a new connection, as gRPC clients do on their own. (HTTP/1.1
+ * keep-alive connections have node:http's own idle timeout.)
+ */
+export function closeIdleSessions(server: Server, idleMs: number): void {
+  server.on("session", (session: Http2Session) => {
+    let open = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      timer = setTimeout(() => session.close(), idleMs);
+      timer.unref();
+    };
+    session.on("stream", (stream) => {
+      clearTimeout(timer);
+      open++;
+      stream.once("close", () => {
+        if (--open === 0 && !session.closed) arm();
+      });
+    });
+    session.once("close", () => clearTimeout(timer));
+    arm();
+  });
+}

@@ -9,6 +9,8 @@ export interface PlaintextServerOptions {
   firstBytesTimeoutMs?: number;
   /** Options of the HTTP/1.1 server (node:http's `headersTimeout`, `requestTimeout`, ...). */
   http1?: http.ServerOptions;
+  /** Options of the HTTP/2 server (`settings`, `maxSessionMemory`, ...). */
+  http2?: http2.ServerOptions;
 }
 
 /** What every HTTP/2 client without TLS sends first ("prior knowledge", as gRPC clients do). */
@@ -32,7 +34,7 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 export function createPlaintextServer(listener: Listener, options: PlaintextServerOptions = {}): net.Server {
   const firstBytesTimeoutMs = options.firstBytesTimeoutMs ?? 60_000;
   const http1Server = http.createServer(options.http1 ?? {}, listener);
-  const http2Server = http2.createServer(listener);
+  const http2Server = http2.createServer(options.http2 ?? {}, listener);
   const server = net.createServer((socket) => {
     // Until a protocol server owns the socket, an error (a reset) or silence only ends it.
     const ignore = () => undefined;

@@ -14,7 +14,8 @@ import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
-import { answerTooLargeWith413 } from "./request-size.js";
+import { acceptedCompressions } from "./compression.js";
+import { limitRequestBodies } from "./request-size.js";
 import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
@@ -33,6 +34,8 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   apiTokens?: string[];
   /** Longest a request may wait on the database before it is answered `Unavailable`. */
   requestTimeoutMs?: number;
+  /** Longest a client may take to send a request body before it is answered `deadline_exceeded`. */
+  bodyTimeoutMs: number;
 }
 
 /**
@@ -58,10 +61,11 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   // The service implementations are built once and registered on both adapters.
   const registerRoutes = withUndecodableAsInvalidArgument(routes(options));
   const adapterOptions = {
-    routes: registerRoutes,
+    routes: limitRequestBodies(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs }),
+    acceptCompression: acceptedCompressions,
     interceptors,
     contextValues: observer.contextValues,
-    // readMaxBytes refuses a larger body before it is parsed (resource_exhausted).
+    // readMaxBytes refuses a larger body, or one that decompresses larger, before it is parsed (resource_exhausted).
     readMaxBytes: limits.requestMaxBytes,
   };
   // JSON bodies must be UTF-8: a fatal decoder refuses other bytes
@@ -71,10 +75,12 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const connectHandler = connectNodeAdapter({ ...adapterOptions, jsonOptions });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, as the earlier version did.
-  const plainJsonHandler = answerTooLargeWith413(
-    limits.requestMaxBytes,
-    connectNodeAdapter({ ...adapterOptions, jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true } }),
-  );
+  // Its statuses are plain HTTP's: 413 for a body too large, 408 for one too slow.
+  const plainJsonHandler = connectNodeAdapter({
+    ...adapterOptions,
+    routes: limitRequestBodies(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs, plainHttpStatuses: true }),
+    jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true },
+  });
 
   return (req, res) => {
     observer.begin(req, res);

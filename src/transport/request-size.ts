@@ -1,51 +1,69 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
 
-type Request = IncomingMessage | Http2ServerRequest;
-type Response = ServerResponse | Http2ServerResponse;
-type Handler = (req: Request, res: Response) => void;
+export interface RequestBodyLimits {
+  /** Longest a client may take to send a body once Connect starts reading it. */
+  bodyTimeoutMs: number;
+  /**
+   * Answer the way plain HTTP clients understand (the `/ingest/message` route):
+   * a body over the size limit, compressed or not, is 413 rather than the
+   * Connect protocol's 429, and a body not received in time 408 rather than 504.
+   */
+  plainHttpStatuses?: boolean;
+}
 
 /**
- * Wraps the plain JSON route's handler so that a body over `maxBytes` is
- * answered `413 Payload Too Large`, with a Connect error body whose code is
- * `resource_exhausted`.
- *
- * Connect enforces the limit itself (`readMaxBytes`: a declared length over
- * it is refused before a byte is read, an undeclared one as soon as the count
- * passes it), but its protocol maps `resource_exhausted` to HTTP 429, which
- * tells a plain HTTP client to slow down rather than to send less. Here:
- * - a declared Content-Length over the limit is answered 413 at once, and
- *   over HTTP/1.1 the connection is closed rather than read to the end;
- * - a body without a declared length is counted as Connect reads it, and
- *   only if it passed the limit does Connect's 429 become 413. Any other 429
- *   (a rate limit, say) is left as it is.
- * The RPC paths keep Connect's and gRPC's own mapping.
+ * Registers the routes, then bounds how every handler receives its request
+ * body. The size limit itself is Connect's `readMaxBytes` (a declared length
+ * over it is refused before a byte is read, an undeclared one as soon as the
+ * count passes it, a compressed one as soon as it decompresses past it),
+ * which answers `resource_exhausted`. Here:
+ * - the body must arrive within `bodyTimeoutMs`, or the call fails with
+ *   `deadline_exceeded`: a client that sends headers and then trickles or
+ *   withholds its body cannot hold a request open;
+ * - with `plainHttpStatuses`, the HTTP statuses change as described there
+ *   (on that route `resource_exhausted` can only mean "too large").
+ * Working on Connect's universal request and response keeps this out of
+ * Node's request objects; the RPC paths keep Connect's and gRPC's own mapping.
  */
-export function answerTooLargeWith413(maxBytes: number, handler: Handler): Handler {
-  return (req, res) => {
-    const declared = Number(req.headers["content-length"]);
-    if (declared > maxBytes) {
-      const body = JSON.stringify({ code: "resource_exhausted", message: `request body of ${declared} bytes is larger than the limit of ${maxBytes} bytes` });
-      const headers: Record<string, string | number> = { "content-type": "application/json", "content-length": Buffer.byteLength(body) };
-      // HTTP/2 forbids the header; its stream ends with the response.
-      if (req.httpVersionMajor === 1) headers.connection = "close";
-      res.writeHead(413, headers);
-      res.end(body);
-      return;
-    }
-    if (req.headers["content-length"] === undefined) {
-      let read = 0;
-      const chunks = req[Symbol.asyncIterator].bind(req);
-      req[Symbol.asyncIterator] = async function* () {
-        for await (const chunk of chunks()) {
-          read += (chunk as Buffer).byteLength;
-          yield chunk;
-        }
-      } as unknown as typeof req[typeof Symbol.asyncIterator];
-      const writeHead = res.writeHead.bind(res) as (status: number, ...rest: unknown[]) => Response;
-      (res as { writeHead: unknown }).writeHead = (status: number, ...rest: unknown[]) =>
-        writeHead(status === 429 && read > maxBytes ? 413 : status, ...rest);
-    }
-    handler(req, res);
+export function limitRequestBodies(routes: (router: ConnectRouter) => void, limits: RequestBodyLimits) {
+  return (router: ConnectRouter) => {
+    routes(router);
+    // The Node adapter reads the handlers after this returns.
+    router.handlers.forEach((handler, index) => {
+      const limited = async (request: UniversalServerRequest) => {
+        const body = request.body;
+        if (typeof body !== "object" || body === null || !(Symbol.asyncIterator in body)) return handler(request);
+        const deadline = { expired: false };
+        const response = await handler({ ...request, body: receivedWithin(body, limits.bodyTimeoutMs, deadline) });
+        if (!limits.plainHttpStatuses) return response;
+        if (response.status === 429) return { ...response, status: 413 };
+        if (response.status === 504 && deadline.expired) return { ...response, status: 408 };
+        return response;
+      };
+      router.handlers[index] = Object.assign(limited, handler) as UniversalHandler;
+    });
   };
+}
+
+/** Yields `body`'s chunks, failing with `deadline_exceeded` if the last one has not arrived within `ms`. */
+async function* receivedWithin(body: AsyncIterable<Uint8Array>, ms: number, deadline: { expired: boolean }): AsyncIterable<Uint8Array> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      deadline.expired = true;
+      reject(new ConnectError(`the request body was not received within ${ms} ms`, Code.DeadlineExceeded));
+    }, ms);
+  });
+  expired.catch(() => undefined);
+  const chunks = body[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const next = await Promise.race([chunks.next(), expired]);
+      if (next.done) return;
+      yield next.value;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -27,7 +27,7 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs">;
+} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -72,6 +72,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     apiTokens: options.apiTokens,
     tls: options.tls,
     requestTimeoutMs: options.requestTimeoutMs,
+    serverLimits: options.serverLimits,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
