@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
+import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
-import { createMigrator, schemaStatus } from "./migrator.js";
+import { createMigrator, SCHEMA_MIGRATIONS_TABLE } from "./migrator.js";
 import type { Logger } from "../observability/logger.js";
 
 export interface DatabaseHealthOptions {
@@ -23,11 +24,25 @@ export interface Readiness {
   shuttingDown: boolean;
 }
 
+/** What one probe of the database found: whether it answered, and which migrations it has applied. */
+interface Probe {
+  at: number;
+  answers: boolean;
+  applied: string[];
+}
+
 /**
  * Whether the service can do its job, which is whether its database answers.
  * Shared by the gRPC health service and the HTTP probes. Once `shutdown()`
  * is called the answer is "no" for good, so load balancers stop sending
  * requests before the server stops accepting them.
+ *
+ * Probes are open to anyone, so they must cost the database next to nothing
+ * however often they are called: one query (the applied migrations' names,
+ * which also shows the database answers) at most once per `cacheMs`,
+ * shared by every caller. The migrations the code knows are listed once,
+ * from their files; a migration applied or reverted while the service runs
+ * shows at the next probe.
  */
 export class DatabaseHealth {
   private readonly sequelize: Sequelize;
@@ -37,8 +52,9 @@ export class DatabaseHealth {
   private readonly watchIntervalMs: number;
   private readonly migrator: ReturnType<typeof createMigrator>;
   private readonly stopping = new AbortController();
-  private last: { at: number; answers: boolean } | undefined;
-  private probing: Promise<boolean> | undefined;
+  private last: Probe | undefined;
+  private probing: Promise<Probe> | undefined;
+  private known: Promise<string[]> | undefined;
 
   constructor(options: DatabaseHealthOptions) {
     this.sequelize = options.sequelize;
@@ -84,49 +100,65 @@ export class DatabaseHealth {
     }
   }
 
-  /** Readiness for `/readyz`: serving, and every known migration applied. */
+  /** Readiness for `/readyz`: serving, and every migration the code knows applied. */
   async readiness(): Promise<Readiness> {
-    const reachable = await this.databaseAnswers();
-    let schemaVersion: string | null = null;
-    let pendingMigrations = 0;
-    if (reachable) {
-      try {
-        const status = await withTimeout(schemaStatus(this.migrator), this.timeoutMs);
-        schemaVersion = status.version;
-        pendingMigrations = status.pending.length;
-      } catch (error) {
-        this.log.warn({ err: error }, "could not read the schema status");
-        return { ready: false, database: "unreachable", schemaVersion, pendingMigrations, shuttingDown: this.shuttingDown };
-      }
+    const probe = await this.probe();
+    let pending: string[] = [];
+    try {
+      this.known ??= this.migrator.migrations(this.sequelize.getQueryInterface()).then((all) => all.map((m) => m.name));
+      const applied = new Set(probe.applied);
+      pending = (await this.known).filter((name) => !applied.has(name));
+    } catch (error) {
+      this.known = undefined;
+      this.log.warn({ err: error }, "could not list the migrations");
+      pending = ["?"];
     }
+    const reachable = probe.answers;
     return {
-      ready: reachable && pendingMigrations === 0 && !this.shuttingDown,
+      ready: reachable && pending.length === 0 && !this.shuttingDown,
       database: reachable ? "reachable" : "unreachable",
-      schemaVersion,
-      pendingMigrations,
+      schemaVersion: reachable ? ([...probe.applied].sort().at(-1) ?? null) : null,
+      pendingMigrations: reachable ? pending.length : 0,
       shuttingDown: this.shuttingDown,
     };
   }
 
-  /** `SELECT 1` within the timeout; one probe at a time, its answer reused for `cacheMs`. */
   private async databaseAnswers(): Promise<boolean> {
-    if (this.last && Date.now() - this.last.at < this.cacheMs) return this.last.answers;
-    this.probing ??= this.probe().finally(() => (this.probing = undefined));
+    return (await this.probe()).answers;
+  }
+
+  /** The latest probe if it is younger than `cacheMs`, else a new one; one at a time. */
+  private async probe(): Promise<Probe> {
+    if (this.last && Date.now() - this.last.at < this.cacheMs) return this.last;
+    this.probing ??= this.runProbe().finally(() => (this.probing = undefined));
     return this.probing;
   }
 
-  private async probe(): Promise<boolean> {
+  private async runProbe(): Promise<Probe> {
     let answers = true;
+    let applied: string[] = [];
     try {
-      await withTimeout(this.sequelize.query("SELECT 1"), this.timeoutMs);
+      const rows = await withTimeout(
+        this.sequelize.query<{ name: string }>(`SELECT name FROM ${SCHEMA_MIGRATIONS_TABLE}`, { type: QueryTypes.SELECT }),
+        this.timeoutMs,
+      );
+      applied = rows.map((row) => row.name);
     } catch (error) {
-      answers = false;
-      if (this.last?.answers !== false) this.log.warn({ err: error }, "database does not answer: reporting NOT_SERVING");
+      // No such table yet: the database answers, and has no migration applied.
+      if (sqlState(error) !== "42P01") {
+        answers = false;
+        if (this.last?.answers !== false) this.log.warn({ err: error }, "database does not answer: reporting NOT_SERVING");
+      }
     }
     if (answers && this.last?.answers === false) this.log.info("database answers again: reporting SERVING");
-    this.last = { at: Date.now(), answers };
-    return answers;
+    this.last = { at: Date.now(), answers, applied };
+    return this.last;
   }
+}
+
+function sqlState(error: unknown): string | undefined {
+  const original = (error as { original?: { code?: unknown } }).original;
+  return typeof original?.code === "string" ? original.code : undefined;
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

@@ -6,6 +6,9 @@ import { SequelizeStorage, Umzug } from "umzug";
 
 const migrationsDir = fileURLToPath(new URL("../../migrations", import.meta.url));
 
+/** The table in which Umzug records the applied migrations, one row per name. */
+export const SCHEMA_MIGRATIONS_TABLE = "crm_schema_migrations";
+
 /** The project's one Umzug instance over `migrations/`, recording what ran in `crm_schema_migrations`. */
 export function createMigrator(sequelize: Sequelize, logger: Umzug["options"]["logger"] = undefined) {
   return new Umzug<QueryInterface>({
@@ -20,7 +23,7 @@ export function createMigrator(sequelize: Sequelize, logger: Umzug["options"]["l
       }),
     },
     context: sequelize.getQueryInterface(),
-    storage: new SequelizeStorage({ sequelize, tableName: "crm_schema_migrations" }),
+    storage: new SequelizeStorage({ sequelize, tableName: SCHEMA_MIGRATIONS_TABLE }),
     logger,
   });
 }

@@ -25,7 +25,9 @@ import { metadataJson } from "../ingest/metadata-json.js";
  * Handlers and commands trust whatever passes and re-check nothing.
  */
 export function validationInterceptors(limits: InputLimits): Interceptor[] {
-  return [createValidateInterceptor({ validator: createValidator() }), limitsInterceptor(limits)];
+  // The limits go first: they are cheap and stop early, and an oversized
+  // request should cost as little as possible before it is refused.
+  return [limitsInterceptor(limits), createValidateInterceptor({ validator: createValidator() })];
 }
 
 /** Refuses an IngestMessage request that breaks a configured limit or holds text the database would alter or refuse. */
@@ -110,7 +112,10 @@ function longerThan(text: string, max: number): boolean {
  * cannot store in keys or strings, numbers JSON cannot hold (NaN and
  * infinities, which only the binary encoding can carry), and JSON larger than
  * allowed. The walk uses its own stack and stops descending past the limit,
- * so no input can exhaust the call stack.
+ * so no input can exhaust the call stack. It also counts the least its JSON
+ * can take (every key and string at least its length plus quotes) and stops
+ * as soon as that passes the size limit, so oversized metadata costs at most
+ * a walk over the limit's worth of it.
  */
 function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputLimits): Problem[] {
   const problems: Problem[] = [];
@@ -121,8 +126,16 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
     problems.push(problem);
   };
   const stack: Array<{ value: JsonValue; depth: number; pointer: string }> = [{ value: metadata, depth: 1, pointer: "" }];
+  let leastBytes = 0;
+  const tooLarge = { ruleId: "metadata.max_bytes", message: `must be at most ${limits.metadataMaxBytes} bytes as JSON` };
   while (stack.length > 0) {
+    if (leastBytes > limits.metadataMaxBytes) {
+      if (!seen.has("metadata.max_depth")) report(tooLarge);
+      return problems;
+    }
     const { value, depth, pointer } = stack.pop()!;
+    // A UTF-16 unit is at least one UTF-8 byte: a string takes at least its length and quotes, anything else a byte.
+    leastBytes += typeof value === "string" ? value.length + 2 : 1;
     if (typeof value === "string") {
       const problem = unstorable(value, () => ` at ${printablePointer(pointer)}`);
       if (problem) report(problem);
@@ -135,6 +148,7 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
       }
       const entries: Array<[string, JsonValue]> = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
       for (const [key, child] of entries) {
+        if (!Array.isArray(value)) leastBytes += key.length + 3; // quotes and colon
         const childPointer = `${pointer}/${key.replaceAll("~", "~0").replaceAll("/", "~1")}`;
         if (!Array.isArray(value)) {
           const problem = unstorable(key, () => ` in the key at ${printablePointer(childPointer)}`);
@@ -145,9 +159,7 @@ function metadataProblems(metadata: { [key: string]: JsonValue }, limits: InputL
     }
   }
   // Measured only once the walk found the metadata within the depth limit.
-  if (!seen.has("metadata.max_depth") && Buffer.byteLength(metadataJson(metadata), "utf8") > limits.metadataMaxBytes) {
-    report({ ruleId: "metadata.max_bytes", message: `must be at most ${limits.metadataMaxBytes} bytes as JSON` });
-  }
+  if (!seen.has("metadata.max_depth") && Buffer.byteLength(metadataJson(metadata), "utf8") > limits.metadataMaxBytes) report(tooLarge);
   return problems;
 }
 

@@ -90,11 +90,14 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         metrics.requests.inc({ procedure: label, protocol, code });
         metrics.requestDuration.observe({ procedure: label, protocol }, seconds);
 
-        const level = quiet.has(label) ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
+        // Refused strangers are counted, not logged at info: a flood of them must not flood the logs.
+        const level = quiet.has(label) || code === "unauthenticated" ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
+        const method = bounded(req.method ?? "", 16);
+        const shownPath = procedure || httpRoutes.has(path) ? path : bounded(path, 100);
         record.log[level](
           {
-            method: req.method,
-            ...(path !== procedure && { path }),
+            method,
+            ...(path !== procedure && { path: shownPath }),
             ...(procedure && { procedure }),
             protocol,
             code,
@@ -102,7 +105,7 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
             durationMs: Math.round(seconds * 10_000) / 10,
             ...record.fields,
           },
-          `${req.method} ${path} ${code}`,
+          `${method} ${shownPath} ${code}`,
         );
       });
     },
@@ -118,7 +121,8 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
       if (!record) return next(req);
       record.procedure = `/${req.service.typeName}/${req.method.name}`;
       if (!req.stream && isMessage(req.message, IngestMessageRequestSchema)) {
-        record.fields.source = req.message.source;
+        // Recorded before validation: only in a form that is safe and short whatever was sent.
+        record.fields.source = SOURCE_PATTERN.test(req.message.source) ? req.message.source : "(invalid)";
         record.fields.sender = maskSenderId(req.message.senderId);
       }
       try {
@@ -146,6 +150,14 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
       }
     },
   };
+}
+
+/** The `source` rule of the proto (a lower-case token): anything else is not logged as sent. */
+const SOURCE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+
+/** A client-chosen value cut to `max` characters, marked when cut. */
+function bounded(value: string, max: number): string {
+  return value.length <= max ? value : `${value.slice(0, max)}…`;
 }
 
 async function* observeStream<T>(messages: AsyncIterable<T>, record: RequestRecord): AsyncIterable<T> {
