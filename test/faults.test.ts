@@ -5,7 +5,7 @@ import { QueryTypes } from "sequelize";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { openDatabase, type Database } from "../src/db/database.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
 import { postJson, startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { waitFor } from "./support/wait.js";
@@ -22,9 +22,8 @@ let server: TestServer;
 
 beforeAll(async () => {
   database = await createTestDatabase({ poolMax: 4 });
-  const target = new URL(database.url);
-  proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
-  target.host = `127.0.0.1:${proxy.port}`;
+  proxy = await startTcpProxy(socketAddress(database.url));
+  const target = throughProxy(database.url, proxy.port);
   target.searchParams.set("application_name", SERVICE_NAME);
   serviceDatabase = await openDatabase({ kind: "postgres", url: target.toString() }, { poolMax: 4, timeoutMs: TIMEOUT_MS });
   server = await startTestServer(serviceDatabase, { requestTimeoutMs: TIMEOUT_MS });

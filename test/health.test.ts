@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { openDatabase, type Database } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
 import { postJson, startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 
@@ -17,9 +17,8 @@ let health: ReturnType<typeof createClient<typeof Health>>;
 // The server reaches the database through a proxy the tests can cut.
 beforeAll(async () => {
   database = await createTestDatabase();
-  const { host, port, database: name, username } = database.sequelize.config;
-  proxy = await startTcpProxy({ host: host ?? "127.0.0.1", port: Number(port) });
-  proxied = await openDatabase({ kind: "postgres", url: `postgres://${username}@127.0.0.1:${proxy.port}/${name}` }, { poolMax: 2 });
+  proxy = await startTcpProxy(socketAddress(database.url));
+  proxied = await openDatabase({ kind: "postgres", url: throughProxy(database.url, proxy.port).toString() }, { poolMax: 2 });
   server = await startTestServer(proxied, { health: { cacheMs: 0, timeoutMs: 5_000, watchIntervalMs: 100 } });
   health = createClient(Health, createGrpcTransport({ baseUrl: server.baseUrl }));
 });

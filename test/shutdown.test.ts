@@ -5,7 +5,7 @@ import pg from "pg";
 import { QueryTypes } from "sequelize";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
 import { startService } from "./support/process.js";
 import { postJson } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
@@ -23,10 +23,8 @@ const cleanups: Array<() => unknown> = [];
 
 beforeAll(async () => {
   database = await createTestDatabase({ poolMax: 4 });
-  const url = new URL(database.url);
-  proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
-  url.host = `127.0.0.1:${proxy.port}`;
-  serviceUrl = url.toString();
+  proxy = await startTcpProxy(socketAddress(database.url));
+  serviceUrl = throughProxy(database.url, proxy.port).toString();
 });
 
 afterEach(async () => {

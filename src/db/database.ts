@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { mkdir } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import pg from "pg";
@@ -37,9 +39,9 @@ export interface DatabaseOptions {
 
 /**
  * Opens the database. The embedded one is PGlite (PostgreSQL compiled to
- * WebAssembly) served over the PostgreSQL wire protocol on an ephemeral
- * loopback port, so Sequelize and `pg` talk to it exactly as to a server:
- * same dialect, same migrations, same SQL.
+ * WebAssembly) served over the PostgreSQL wire protocol on a Unix socket only
+ * this process's user can open (see `listenPrivately`), so Sequelize and `pg`
+ * talk to it exactly as to a server: same dialect, same migrations, same SQL.
  */
 export async function openDatabase(target: DatabaseTarget, options: DatabaseOptions = {}): Promise<Database> {
   const poolMax = options.poolMax ?? 10;
@@ -55,17 +57,18 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
   }
 
   const inMemory = target.dataDir.startsWith("memory://");
-  if (!inMemory) await mkdir(target.dataDir, { recursive: true });
+  if (!inMemory) await mkdir(target.dataDir, { recursive: true, mode: 0o700 });
   // Each commit is written to its files before it is acknowledged (never
   // relaxed), so a killed process loses nothing it acknowledged. PGlite does
   // not fsync, though: an operating system crash can lose recent commits.
   const pglite = await PGlite.create(target.dataDir, { relaxedDurability: false });
   // PGlite runs one session; the socket server multiplexes our pool's
   // connections onto it and keeps each transaction on its own connection.
-  const socketServer = new PGLiteSocketServer({ db: pglite, host: "127.0.0.1", port: 0, maxConnections: poolMax + 2 });
+  const socket = await listenPrivately(inMemory ? undefined : target.dataDir);
+  const socketServer = new PGLiteSocketServer({ db: pglite, path: socket.path, maxConnections: poolMax + 2 });
   await socketServer.start();
-  // After start() it names the port the OS picked: "127.0.0.1:<port>".
-  const sequelize = createSequelize(`postgres://postgres@${socketServer.getServerConn()}/postgres`, poolMax, options.timeoutMs);
+  await chmod(socket.path, 0o600);
+  const sequelize = createSequelize(`postgres://postgres@localhost/postgres?host=${encodeURIComponent(socket.dir)}`, poolMax, options.timeoutMs);
   withoutPreparedStatements(sequelize);
   return {
     sequelize,
@@ -76,8 +79,32 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
       // Rolls back whatever a connection still in use had begun.
       await socketServer.stop();
       await pglite.close();
+      await socket.remove();
     },
   };
+}
+
+/**
+ * Where the embedded database listens: a Unix socket named as PostgreSQL
+ * names its own (`.s.PGSQL.5432`, which `pg` finds from the folder), in a
+ * folder only this user may enter, the socket itself owner-only. It has no
+ * password, so neither a TCP port (which every local user can reach) nor a
+ * socket others can open would do. The data folder when it has one and its
+ * path fits a socket address (at most 107 bytes); otherwise a private
+ * temporary folder.
+ */
+async function listenPrivately(dataDir: string | undefined): Promise<{ dir: string; path: string; remove(): Promise<void> }> {
+  const name = ".s.PGSQL.5432";
+  if (dataDir !== undefined && Buffer.byteLength(path.join(dataDir, name)) <= 107) {
+    // The folder holds every message stored: nobody else needs to enter it.
+    await chmod(dataDir, 0o700);
+    const socketPath = path.join(dataDir, name);
+    // Left behind by a process that was killed; the folder has one owner at a time.
+    await rm(socketPath, { force: true });
+    return { dir: dataDir, path: socketPath, remove: () => rm(socketPath, { force: true }) };
+  }
+  const dir = await mkdtemp(path.join(os.tmpdir(), "aurora-db-")); // created 0700
+  return { dir, path: path.join(dir, name), remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
 /**

@@ -12,7 +12,7 @@ export const databaseKind = testServerUrl ? "postgres" : "embedded";
 
 /** A database for one test file, empty but for its schema; `close()` drops it. */
 export interface TestDatabase extends Database {
-  /** Connection string of the throwaway database (for child processes); for the embedded one, its loopback port. */
+  /** Connection string of the throwaway database (for child processes); for the embedded one, its Unix socket's folder. */
   url: string;
 }
 
@@ -22,8 +22,8 @@ export async function createTestDatabase(options: { migrate?: boolean; poolMax?:
   if (!testServerUrl) {
     const database = await openDatabase({ kind: "embedded", dataDir: "memory://" }, { poolMax: options.poolMax });
     if (migrate) await createMigrator(database.sequelize).up();
-    const { host, port } = database.sequelize.config;
-    return { ...database, url: `postgres://postgres@${host}:${port}/postgres` };
+    const { host } = database.sequelize.config;
+    return { ...database, url: `postgres://postgres@localhost/postgres?host=${encodeURIComponent(host!)}` };
   }
 
   const name = `aurora_test_${randomBytes(6).toString("hex")}`;
@@ -50,4 +50,20 @@ async function adminQuery(sql: string): Promise<void> {
   } finally {
     await client.end();
   }
+}
+
+/** Where a connection string points, as `net.connect` takes it: a TCP address, or the Unix socket named by a `host` folder. */
+export function socketAddress(url: string): { host: string; port: number } | { path: string } {
+  const parsed = new URL(url);
+  const folder = parsed.searchParams.get("host");
+  if (folder?.startsWith("/")) return { path: `${folder}/.s.PGSQL.${parsed.port || 5432}` };
+  return { host: parsed.hostname, port: Number(parsed.port || 5432) };
+}
+
+/** The same database reached through a proxy on 127.0.0.1:`port`. */
+export function throughProxy(url: string, port: number): URL {
+  const proxied = new URL(url);
+  proxied.searchParams.delete("host");
+  proxied.host = `127.0.0.1:${port}`;
+  return proxied;
 }

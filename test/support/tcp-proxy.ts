@@ -16,7 +16,7 @@ export interface TcpProxy {
 }
 
 /** Starts a proxy on an ephemeral loopback port that forwards each connection to `target`. */
-export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+export async function startTcpProxy(target: { host: string; port: number } | { path: string }): Promise<TcpProxy> {
   let mode: "forward" | "refuse" | "blackhole" = "forward";
   let bytes = 0;
   type Pair = { client: net.Socket; upstream?: net.Socket; stuck: boolean };
@@ -39,7 +39,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     });
     if (pair.stuck) return;
     client.pause();
-    const upstream = net.connect(target.port, target.host, () => client.resume());
+    const upstream = net.connect({ ...target }, () => client.resume());
     pair.upstream = upstream;
     upstream.on("error", drop).on("close", drop);
     upstream.on("data", (chunk) => {
