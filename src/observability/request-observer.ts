@@ -91,7 +91,8 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         metrics.requestDuration.observe({ procedure: label, protocol }, seconds);
 
         // Refused strangers are counted, not logged at info: a flood of them must not flood the logs.
-        const level = quiet.has(label) || code === "unauthenticated" ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
+        const refused = code === "unauthenticated" || res.statusCode === 401;
+        const level = quiet.has(label) || refused ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
         const method = bounded(req.method ?? "", 16);
         const shownPath = procedure || httpRoutes.has(path) ? path : bounded(path, 100);
         record.log[level](
