@@ -53,6 +53,7 @@ async function main(config: Config, log: Logger): Promise<void> {
   readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
 
   let stopping = false;
+  let exitCode = 0;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
@@ -67,7 +68,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     // Connections such requests still hold are not waited for past the grace period.
     await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
     readyLog.info("stopped");
-    process.exit(0);
+    process.exit(exitCode);
   };
   const onSignal = (signal: string) => () =>
     stop(signal).catch((error: unknown) => {
@@ -76,6 +77,17 @@ async function main(config: Config, log: Logger): Promise<void> {
     });
   process.on("SIGTERM", onSignal("SIGTERM"));
   process.on("SIGINT", onSignal("SIGINT"));
+  // Last line of defence; requests never get here (src/transport/guard.ts).
+  // After an uncaught exception the process's state is unknown (Node's own
+  // advice is to exit): requests in flight are let finish and the process
+  // exits 1 for its supervisor to restart it. A rejected promise nobody
+  // awaited left no half-run code behind: it is logged, and serving goes on.
+  process.on("uncaughtException", (error) => {
+    readyLog.fatal({ err: error }, "uncaught exception: stopping");
+    exitCode = 1;
+    onSignal("uncaught exception")();
+  });
+  process.on("unhandledRejection", (reason) => readyLog.error({ err: reason }, "unhandled promise rejection"));
 }
 
 /**
