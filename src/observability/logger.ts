@@ -1,6 +1,6 @@
+import { createRequire } from "node:module";
 import { createContextKey } from "@connectrpc/connect";
 import { pino, type DestinationStream, type Logger } from "pino";
-import pretty from "pino-pretty";
 
 export type { Logger };
 
@@ -30,8 +30,7 @@ const PERSONAL_KEYS = ["content", "metadata", "senderId", "sender_id"];
 export function createLogger(options: LoggerOptions): Logger {
   const format = options.format ?? "auto";
   const human = format === "pretty" || (format === "auto" && !options.destination && process.stdout.isTTY === true);
-  const destination =
-    options.destination ?? (human ? pretty({ colorize: true, singleLine: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service" }) : undefined);
+  const destination = options.destination ?? (human ? prettyStream() : undefined);
   return pino(
     {
       level: options.level,
@@ -45,6 +44,21 @@ export function createLogger(options: LoggerOptions): Logger {
     },
     destination ?? pino.destination({ dest: 1, sync: true }),
   );
+}
+
+/**
+ * Coloured single lines from pino-pretty, a development dependency: where it
+ * is not installed (a production install), JSON lines and a notice saying so.
+ */
+function prettyStream(): DestinationStream | undefined {
+  let pretty: typeof import("pino-pretty");
+  try {
+    pretty = createRequire(import.meta.url)("pino-pretty");
+  } catch {
+    process.stderr.write("pretty logs need the pino-pretty package, which is not installed: logging JSON lines\n");
+    return undefined;
+  }
+  return pretty({ colorize: true, singleLine: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service" });
 }
 
 /** The request's logger (bound to its request id), for code that logs on a request's behalf. */
