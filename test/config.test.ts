@@ -1,7 +1,8 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { loadConfig } from "../src/config.js";
+import { configProblems } from "./support/config.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 
@@ -43,17 +44,18 @@ describe("configuration", () => {
   });
 
   it("lists every bad variable at once", () => {
-    let error: unknown;
-    try {
-      loadConfig({ PORT: "-1", LOG_LEVEL: "loud", LOG_FORMAT: "xml" });
-    } catch (caught) {
-      error = caught;
-    }
-    expect(error).toBeInstanceOf(ConfigError);
-    expect((error as ConfigError).problems).toEqual([
+    expect(configProblems({ PORT: "-1", LOG_LEVEL: "loud", LOG_FORMAT: "xml", DATABASE_URL: "mysql://x", DATABASE_POOL_MAX: "0" })).toEqual([
+      "DATABASE_URL must start with postgres:// or postgresql://",
       'PORT must be an integer from 0 to 65535, got "-1"',
+      'DATABASE_POOL_MAX must be an integer from 1 to 1000, got "0"',
       'LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent, got "loud"',
       'LOG_FORMAT must be one of auto, json, pretty, got "xml"',
     ]);
+  });
+
+  it("refuses WORKERS that is not a positive integer, or above 1 with the embedded database", () => {
+    expect(configProblems({ WORKERS: "0" })).toEqual([expect.stringContaining("WORKERS must be an integer from 1 to 64")]);
+    expect(configProblems({ DATABASE_URL: "", WORKERS: "2" })).toEqual([expect.stringContaining("WORKERS above 1 needs DATABASE_URL")]);
+    expect(configProblems({ DATABASE_URL: "postgres://db/aurora", WORKERS: "2" })).toEqual([]);
   });
 });

@@ -1,11 +1,11 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { QueryTypes } from "sequelize";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { openDatabase, type Database } from "../src/db/database.js";
 import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
+import { rows as rowsOf } from "./support/rows.js";
 import { postJson, startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { waitFor } from "./support/wait.js";
@@ -52,9 +52,7 @@ async function timed<T>(request: () => Promise<T>): Promise<{ result: T; ms: num
   return { result, ms: performance.now() - started };
 }
 
-async function rows<T extends object>(sql: string): Promise<T[]> {
-  return database.sequelize.query<T>(sql, { type: QueryTypes.SELECT });
-}
+const rows = <T extends object = Record<string, any>>(sql: string) => rowsOf<T>(database, sql);
 
 /** Nothing half-written: every contact has the event that created it, and every event is whole. */
 async function expectNothingHalfWritten() {

@@ -1,12 +1,11 @@
-import { QueryTypes } from "sequelize";
 import { describe, expect, it } from "vitest";
 import { databaseKind } from "./support/database.js";
+import { countEvents as countEventsIn } from "./support/rows.js";
 import { useTestServer } from "./support/server.js";
 
 const fixture = useTestServer();
 
-const countEvents = async () =>
-  (await fixture.database.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM crm_ingest_events", { type: QueryTypes.SELECT }))[0].n;
+const countEvents = () => countEventsIn(fixture.database);
 
 describe(`HTTP edge cases (${databaseKind})`, () => {
   it.each([

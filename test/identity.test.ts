@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { loadConfig } from "../src/config.js";
 import { senderIdentity, type IdentityOptions } from "../src/ingest/identity/sender-identity.js";
+import { configProblems } from "./support/config.js";
 
 const brazil: IdentityOptions = { defaultPhoneRegion: "BR" };
 
@@ -123,10 +124,6 @@ describe("senderIdentity", () => {
     }
   });
 
-  it("has at least 40 cases", () => {
-    expect(cases.length).toBeGreaterThanOrEqual(40);
-  });
-
   it("gives phone numbers digits only and opaque ids never digits only, so the two cannot collide", () => {
     for (const [, senderId, expected] of whatsappCases) {
       if (typeof expected !== "string") continue;
@@ -172,15 +169,8 @@ describe("default phone region", () => {
   });
 
   it("refuses a region the phone-number rules do not know, naming the variable", () => {
-    expect(() => loadConfig({ DEFAULT_PHONE_REGION: "XX" })).toThrow(ConfigError);
-    let error: unknown;
-    try {
-      loadConfig({ DEFAULT_PHONE_REGION: "Brazil" });
-    } catch (thrown) {
-      error = thrown;
-    }
-    expect(error).toBeInstanceOf(ConfigError);
-    expect((error as ConfigError).problems).toEqual([
+    expect(configProblems({ DEFAULT_PHONE_REGION: "XX" })).toEqual([expect.stringContaining("DEFAULT_PHONE_REGION")]);
+    expect(configProblems({ DEFAULT_PHONE_REGION: "Brazil" })).toEqual([
       'DEFAULT_PHONE_REGION must be a two-letter region code such as BR or PT, got "Brazil"',
     ]);
   });

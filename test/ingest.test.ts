@@ -1,55 +1,38 @@
-import { QueryTypes } from "sequelize";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
+import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { databaseKind } from "./support/database.js";
-import { postJson, useTestServer } from "./support/server.js";
+import { count, rows } from "./support/rows.js";
+import { postJson, startTestServer, useTestServer } from "./support/server.js";
+
+// The ingest command's own rules (identity, retries, statuses) are tested in
+// ingest-command.test.ts; these check that requests reach it and its answers
+// and refusals reach the client, on the plain route and the RPC.
 
 const fixture = useTestServer();
 
-const ingest = (body: unknown) => postJson(fixture.server.baseUrl, "/ingest/message", body);
-
-async function rows<T extends object = Record<string, unknown>>(sql: string, bind: unknown[] = []): Promise<T[]> {
-  return fixture.database.sequelize.query<T>(sql, { bind, type: QueryTypes.SELECT });
-}
-
-async function eventRow(id: string) {
-  const [event] = await rows<any>("SELECT * FROM crm_ingest_events WHERE id = $1", [id]);
-  return event;
-}
+const ingest = (body: unknown, target = fixture.server) => postJson(target.baseUrl, "/ingest/message", body);
+const event = async (id: string) => (await rows(fixture.database, "SELECT * FROM crm_ingest_events WHERE id = $1", [id]))[0];
 
 describe(`POST /ingest/message (${databaseKind})`, () => {
   it("answers the seeds' request with real ids and stores a linked event", async () => {
     const { status, body } = await ingest({ source: "whatsapp", sender_id: "5511999999999", content: "teste", metadata: {} });
 
     expect(status).toBe(200);
-    expect(body).toMatchObject({ status: "persisted", event_status: "INGEST_EVENT_STATUS_LINKED", error: "" });
-    expect(body.event_id).toMatch(/^[0-9a-f-]{36}$/);
-    expect(body.contact_id).toMatch(/^[0-9a-f-]{36}$/);
-
-    const event = await eventRow(body.event_id);
-    expect(event).toMatchObject({
-      source: "whatsapp",
-      sender_id: "5511999999999",
-      content: "teste",
-      metadata: {},
-      contact_id: body.contact_id,
-      status: "LINKED",
-      error: null,
+    expect(body).toEqual({
+      event_id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      contact_id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      status: "persisted",
+      event_status: "INGEST_EVENT_STATUS_LINKED",
+      error: "",
+      duplicate: false,
     });
-    expect(event.created_at).toBeInstanceOf(Date);
-    const [contact] = await rows<any>("SELECT * FROM crm_contacts WHERE id = $1", [body.contact_id]);
+    const stored = await event(body.event_id);
+    expect(stored).toMatchObject({ source: "whatsapp", sender_id: "5511999999999", content: "teste", metadata: {}, contact_id: body.contact_id, status: "LINKED" });
+    expect(stored.created_at).toBeInstanceOf(Date);
+    const [contact] = await rows(fixture.database, "SELECT * FROM crm_contacts WHERE id = $1", [body.contact_id]);
     expect(contact.whatsapp_id).toBe("5511999999999");
-  });
-
-  it("links a second message from the same sender to the same contact", async () => {
-    const first = await ingest({ source: "whatsapp", sender_id: "5521988887777", content: "oi", metadata: {} });
-    const second = await ingest({ source: "whatsapp", sender_id: "5521988887777", content: "tudo bem?", metadata: {} });
-
-    expect(second.body.contact_id).toBe(first.body.contact_id);
-    expect(second.body.event_id).not.toBe(first.body.event_id);
-    const contacts = await rows("SELECT id FROM crm_contacts WHERE whatsapp_id = $1", ["5521988887777"]);
-    expect(contacts).toHaveLength(1);
-    const events = await rows<any>("SELECT status FROM crm_ingest_events WHERE contact_id = $1", [first.body.contact_id]);
-    expect(events.map((e) => e.status)).toEqual(["LINKED", "LINKED"]);
   });
 
   it("accepts camelCase field names and keeps metadata as sent", async () => {
@@ -57,58 +40,99 @@ describe(`POST /ingest/message (${databaseKind})`, () => {
     const { status, body } = await ingest({ source: "whatsapp", senderId: "5531977776666", content: "camel", metadata });
 
     expect(status).toBe(200);
-    expect((await eventRow(body.event_id)).metadata).toEqual(metadata);
+    expect((await event(body.event_id)).metadata).toEqual(metadata);
   });
 
-  it("resolves e-mail senders trimmed and lower-cased to one contact", async () => {
-    const first = await ingest({ source: "email", sender_id: "  Ana.Souza@Example.COM ", content: "olá", metadata: {} });
-    const second = await ingest({ source: "email", sender_id: "ana.souza@example.com", content: "de novo", metadata: {} });
+  it("answers RECEIVED and ERROR events with an empty contact_id, and ERROR with its reason", async () => {
+    const received = await ingest({ source: "web", sender_id: "visitor-42", content: "quero um orçamento", metadata: {} });
+    const error = await ingest({ source: "email", sender_id: "not-an-address", content: "x", metadata: {} });
 
-    expect(first.body.event_status).toBe("INGEST_EVENT_STATUS_LINKED");
-    expect(second.body.contact_id).toBe(first.body.contact_id);
-    const [contact] = await rows<any>("SELECT email, whatsapp_id FROM crm_contacts WHERE id = $1", [first.body.contact_id]);
-    expect(contact).toEqual({ email: "ana.souza@example.com", whatsapp_id: null });
-    // The event keeps the sender exactly as it arrived.
-    expect((await eventRow(first.body.event_id)).sender_id).toBe("  Ana.Souza@Example.COM ");
+    expect(received.body).toMatchObject({ status: "persisted", event_status: "INGEST_EVENT_STATUS_RECEIVED", contact_id: "", error: "" });
+    expect(error.body).toMatchObject({ status: "persisted", event_status: "INGEST_EVENT_STATUS_ERROR", contact_id: "" });
+    expect(error.body.error).toContain("not an e-mail address");
+    expect((await event(error.body.event_id)).error).toBe(error.body.error);
   });
 
-  it("keeps an e-mail event whose sender is no address, in status ERROR with the reason, and creates no contact", async () => {
-    const contactsBefore = await rows("SELECT id FROM crm_contacts");
-    const { status, body } = await ingest({ source: "email", sender_id: "not-an-address", content: "x", metadata: {} });
+  it("resolves through the Connect route as through the plain one", async () => {
+    const plain = await ingest({ source: "whatsapp", sender_id: "+55 48 9123-4567", content: "oi" });
+    const connect = await postJson(fixture.server.baseUrl, "/aurora.crm.v1.IngestService/IngestMessage", {
+      source: "whatsapp",
+      senderId: "5548991234567@c.us",
+      content: "via connect",
+    });
 
-    expect(status).toBe(200);
-    expect(body).toMatchObject({ status: "persisted", event_status: "INGEST_EVENT_STATUS_ERROR", contact_id: "" });
-    expect(body.error).toContain("not an e-mail address");
-    expect(await eventRow(body.event_id)).toMatchObject({ status: "ERROR", contact_id: null, error: body.error });
-    expect(await rows("SELECT id FROM crm_contacts")).toHaveLength(contactsBefore.length);
+    expect(connect.status).toBe(200);
+    expect(connect.body).toMatchObject({ eventStatus: "INGEST_EVENT_STATUS_LINKED", contactId: plain.body.contact_id });
   });
 
-  it("keeps a web message as RECEIVED with no contact", async () => {
-    const { status, body } = await ingest({ source: "web", sender_id: "visitor-42", content: "quero um orçamento", metadata: {} });
+  it("reads national numbers in the default region the server was given", async () => {
+    const portugal = await startTestServer(fixture.database, { defaultPhoneRegion: "PT" });
+    try {
+      const inPortugal = await ingest({ source: "whatsapp", sender_id: "912 345 678", content: "olá" }, portugal);
+      const inBrazil = await ingest({ source: "whatsapp", sender_id: "912 345 678", content: "olá" });
 
-    expect(status).toBe(200);
-    expect(body).toMatchObject({ status: "persisted", event_status: "INGEST_EVENT_STATUS_RECEIVED", contact_id: "" });
-    expect(await eventRow(body.event_id)).toMatchObject({ status: "RECEIVED", contact_id: null, source: "web" });
+      expect(inPortugal.body.event_status).toBe("INGEST_EVENT_STATUS_LINKED");
+      const [contact] = await rows(fixture.database, "SELECT whatsapp_id FROM crm_contacts WHERE id = $1", [inPortugal.body.contact_id]);
+      expect(contact.whatsapp_id).toBe("351912345678");
+      expect(inBrazil.body).toMatchObject({ event_status: "INGEST_EVENT_STATUS_ERROR", contact_id: "" });
+    } finally {
+      await portugal.server.close();
+    }
+  });
+});
+
+describe(`retries with external_id over the network (${databaseKind})`, () => {
+  it("answers a retry with the original ids, flagged duplicate, and stores nothing new", async () => {
+    const message = { source: "whatsapp", sender_id: "5511900000001", content: "pedido 1", metadata: {}, external_id: "wamid.HBgN001" };
+    const first = await ingest(message);
+    const events = await count(fixture.database, "crm_ingest_events");
+    const retry = await ingest(message);
+
+    expect(first.body).toMatchObject({ status: "persisted", duplicate: false });
+    expect(retry.status).toBe(200);
+    expect(retry.body).toEqual({ ...first.body, duplicate: true });
+    expect(await count(fixture.database, "crm_ingest_events")).toBe(events);
+    expect((await event(first.body.event_id)).external_id).toBe("wamid.HBgN001");
   });
 
-  it("makes exactly one contact and 50 linked events from 50 concurrent messages of one new sender", async () => {
-    const sender = "5511912345678";
-    const responses = await Promise.all(
-      Array.from({ length: 50 }, (_, i) => ingest({ source: "whatsapp", sender_id: sender, content: `msg ${i}`, metadata: {} })),
-    );
+  it("counts a replayed retry as a duplicate, not as a stored event, and says so in its log line", async () => {
+    const sum = async (metric: { get(): Promise<{ values: Array<{ value: number }> }> }) => (await metric.get()).values.reduce((total, v) => total + v.value, 0);
+    const { metrics } = fixture.server;
+    const message = { source: "web", sender_id: "visitor-metrics", content: "oi", external_id: "k-metrics" };
+    await ingest(message);
+    const before = { stored: await sum(metrics.eventsStored), duplicates: await sum(metrics.duplicates) };
+    const retry = await ingest(message);
 
-    expect(responses.map((r) => r.status)).toEqual(Array(50).fill(200));
-    const contactIds = new Set(responses.map((r) => r.body.contact_id));
-    expect(contactIds.size).toBe(1);
-    const contacts = await rows<any>("SELECT id FROM crm_contacts WHERE whatsapp_id = $1", [sender]);
-    expect(contacts).toEqual([{ id: [...contactIds][0] }]);
-    const events = await rows<any>("SELECT status, contact_id FROM crm_ingest_events WHERE sender_id = $1", [sender]);
-    expect(events).toHaveLength(50);
-    expect(events.every((e) => e.status === "LINKED" && e.contact_id === contacts[0].id)).toBe(true);
+    expect(await sum(metrics.eventsStored)).toBe(before.stored);
+    expect(await sum(metrics.duplicates)).toBe(before.duplicates + 1);
+    const line = fixture.server.logLines.filter((l) => l.eventId === retry.body.event_id).at(-1);
+    expect(line).toMatchObject({ duplicate: true, code: "ok" });
+  });
+
+  it("refuses the same key with different content as 409 already_exists naming the original, storing nothing", async () => {
+    const original = await ingest({ source: "whatsapp", sender_id: "5511900000003", content: "primeira", external_id: "wamid.REUSED" });
+    const events = await count(fixture.database, "crm_ingest_events");
+    const conflict = await ingest({ source: "whatsapp", sender_id: "5511900000003", content: "outra coisa", external_id: "wamid.REUSED" });
+
+    expect(conflict.status).toBe(409);
+    expect(conflict.body.code).toBe("already_exists");
+    expect(conflict.body.message).toContain(original.body.event_id);
+    expect(conflict.body.message).toContain("content");
+    expect(await count(fixture.database, "crm_ingest_events")).toBe(events);
+  });
+
+  it("gives typed clients the duplicate flag and AlreadyExists", async () => {
+    const client = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
+    const message = { source: "whatsapp", senderId: "5511900000006", content: "grpc", externalId: "wamid.GRPC" };
+    const first = await client.ingestMessage(message);
+    const retry = await client.ingestMessage(message);
+
+    expect(first.duplicate).toBe(false);
+    expect(retry).toMatchObject({ eventId: first.eventId, contactId: first.contactId, eventStatus: IngestEventStatus.LINKED, duplicate: true });
+    const error = await client.ingestMessage({ ...message, content: "different" }).catch((e: unknown) => ConnectError.from(e));
+    expect(error).toBeInstanceOf(ConnectError);
+    expect((error as ConnectError).code).toBe(Code.AlreadyExists);
+    expect((error as ConnectError).rawMessage).toContain(first.eventId);
     expect(fixture.server.loggedErrors).toEqual([]);
-  });
-
-  it("never writes to crm_deals", async () => {
-    expect(await rows("SELECT id FROM crm_deals")).toEqual([]);
   });
 });

@@ -56,14 +56,21 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
   });
 
   it("count by protocol and code: gRPC, and a refused request", async () => {
+    const grpcOk = { procedure: INGEST, protocol: "grpc", code: "ok" };
+    const refused = { procedure: INGEST, protocol: "connect", code: "invalid_argument" };
+    const before = {
+      grpcOk: await metric("aurora_ingest_requests_total", grpcOk),
+      refused: await metric("aurora_ingest_requests_total", refused),
+      received: await metric("aurora_ingest_events_stored_total", { status: "RECEIVED" }),
+    };
     const client = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     await client.ingestMessage({ source: "web", senderId: "visitor-1", content: "via grpc" });
     await ingest({ source: "web", sender_id: "visitor-1", content: "   ", metadata: {} });
     await fetch(`${fixture.server.baseUrl}/ingest/message`, { method: "POST", headers: { "content-type": "application/json" }, body: "{nope" });
 
-    expect(await metric("aurora_ingest_requests_total", { procedure: INGEST, protocol: "grpc", code: "ok" })).toBe(1);
-    expect(await metric("aurora_ingest_requests_total", { procedure: INGEST, protocol: "connect", code: "invalid_argument" })).toBe(2);
-    expect(await metric("aurora_ingest_events_stored_total", { status: "RECEIVED" })).toBe(1);
+    expect(await metric("aurora_ingest_requests_total", grpcOk)).toBe(before.grpcOk + 1);
+    expect(await metric("aurora_ingest_requests_total", refused)).toBe(before.refused + 2);
+    expect(await metric("aurora_ingest_events_stored_total", { status: "RECEIVED" })).toBe(before.received + 1);
   });
 
   it("expose the database pool, the duplicates counter and Node's process defaults", async () => {

@@ -1,11 +1,11 @@
 import net from "node:net";
-import { QueryTypes } from "sequelize";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { createPlaintextServer, type PlaintextServerOptions } from "../src/transport/plaintext-server.js";
 import { databaseKind } from "./support/database.js";
+import { rows } from "./support/rows.js";
 import { useTestServer } from "./support/server.js";
 
 const fixture = useTestServer();
@@ -34,9 +34,10 @@ describe(`IngestService.IngestMessage on one port (${databaseKind})`, () => {
 
     expect(response.status).toBe("persisted");
     expect(response.eventStatus).toBe(IngestEventStatus.LINKED);
-    const [event] = await fixture.database.sequelize.query<any>(
+    const [event] = await rows(
+      fixture.database,
       "SELECT e.content, e.metadata, c.whatsapp_id FROM crm_ingest_events e JOIN crm_contacts c ON c.id = e.contact_id WHERE e.id = $1 AND c.id = $2",
-      { bind: [response.eventId, response.contactId], type: QueryTypes.SELECT },
+      [response.eventId, response.contactId],
     );
     expect(event).toEqual({ content: `via ${name}`, metadata: { transport: name }, whatsapp_id: sender });
   });

@@ -5,10 +5,10 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { QueryTypes } from "sequelize";
 import { describe, expect, it } from "vitest";
 import { ServerReflection, type ServerReflectionResponse } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { databaseKind } from "./support/database.js";
+import { rows } from "./support/rows.js";
 import { useTestServer } from "./support/server.js";
 
 const buf = path.resolve(import.meta.dirname, "../node_modules/.bin/buf");
@@ -51,10 +51,7 @@ describe(`gRPC server reflection (${databaseKind})`, () => {
     );
     const response = JSON.parse(output);
     expect(response).toMatchObject({ status: "persisted", eventStatus: "INGEST_EVENT_STATUS_LINKED" });
-    const [event] = await fixture.database.sequelize.query<{ content: string; metadata: unknown }>(
-      "SELECT content, metadata FROM crm_ingest_events WHERE id = $1",
-      { bind: [response.eventId], type: QueryTypes.SELECT },
-    );
+    const [event] = await rows(fixture.database, "SELECT content, metadata FROM crm_ingest_events WHERE id = $1", [response.eventId]);
     expect(event).toEqual({ content: "sem schema", metadata: { via: "reflection" } });
   });
 

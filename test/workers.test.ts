@@ -1,21 +1,10 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { runScript, startService } from "./support/process.js";
+import { startService } from "./support/process.js";
 import { postJson } from "./support/server.js";
 
+// Its configuration rules are checked in config.test.ts.
 describe("WORKERS", () => {
-  it("above 1 is refused with the embedded database, naming the reason", async () => {
-    const result = await runScript("src/main.ts", [], { DATABASE_URL: "", WORKERS: "2", PORT: "0" });
-    expect(result.code).toBe(1);
-    expect(result.output).toContain("WORKERS above 1 needs DATABASE_URL");
-  });
-
-  it("must be a positive integer", async () => {
-    const result = await runScript("src/main.ts", [], { WORKERS: "0", PORT: "0" });
-    expect(result.code).toBe(1);
-    expect(result.output).toContain("WORKERS must be an integer from 1 to 64");
-  });
-
   describe.runIf(databaseKind === "postgres")("against PostgreSQL", () => {
     let database: TestDatabase;
     afterAll(async () => database?.close());
