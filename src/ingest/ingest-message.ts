@@ -37,36 +37,12 @@ export interface IngestMessageResult {
  * Stores an inbound message as an ingest event and links it to the one
  * contact its sender resolves to, creating that contact when it is new.
  *
- * Design: the command owns its transaction, and that transaction is a single
- * statement. PostgreSQL runs every statement atomically (outside BEGIN, as a
- * transaction of its own), so the one statement that writes the event,
- * already carrying its outcome (LINKED with its contact, RECEIVED when the
- * source has no identity rule, ERROR with the reason when the sender cannot
- * be an identity), and creates its contact commits both or neither. No reader
- * ever sees a RECEIVED event that is about to become LINKED, a failed request
- * leaves nothing behind, and a link can never point at a contact that was
- * rolled back. A success means the commit happened. A new message costs one
- * round trip and one commit (the statement is prepared once per connection,
- * so PostgreSQL does not parse and plan it for every message), where BEGIN,
- * contact, event and COMMIT took four.
- *
- * Retries: the event is inserted with ON CONFLICT (source, external_id) DO
- * NOTHING, so the unique index, not this process, decides which of any
- * number of concurrent copies is the original (a copy that arrives while the
- * original is uncommitted waits for it). Within the statement the event is
- * written first and a new sender's contact only when the event was, so a copy
- * writes nothing at all: a retry that carries a different sender never leaves
- * that sender behind. (The event may name a contact inserted after it in the
- * same statement: PostgreSQL checks foreign keys when the statement ends.) A
- * copy then reads the original, with a fresh snapshot that sees it, at the
- * cost of one more round trip that only duplicates pay.
- *
- * A copy is a duplicate when its sender_id and content equal the original's,
- * and is answered with the original's ids. Metadata is not compared: gateways
- * attach per-delivery details (attempt counters, timestamps) that change
- * between retries of the same message, and the original metadata is kept.
- * A different sender_id or content means the key was reused for another
- * message: `DuplicateConflictError`, naming the original event.
+ * One SQL statement writes the event with its outcome (LINKED, RECEIVED or
+ * ERROR) and any new contact, so both commit or neither does. A copy of a
+ * stored `external_id` writes nothing and is answered with the original's
+ * ids when its sender and content match, or refused with
+ * `DuplicateConflictError` when they do not. Why, and how races are settled:
+ * docs/single-statement-ingest.md.
  */
 export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
   const { sequelize } = dependencies;
@@ -98,15 +74,9 @@ const INSERT_EVENT: PreparedStatement = {
 
 /**
  * Writes the event linked to the contact with this key, creating the contact
- * when there is none, in one statement built once per key column (the column
- * name comes from a fixed union, never from the request). Returns undefined
- * when the event's external_id is already stored: then nothing was written.
- *
- * The unique index on the key column decides races between messages of one
- * new sender: each statement picks an id for the contact it did not find,
- * and when another commits that contact first, ours hits the index, the
- * whole statement is undone, and it runs again with a fresh snapshot that
- * finds the contact.
+ * when there is none. Returns undefined when the event's external_id is
+ * already stored: then nothing was written. A unique violation means another
+ * statement created the same new contact first: run again, and find it.
  */
 async function storeLinkedEvent(
   sequelize: Sequelize,

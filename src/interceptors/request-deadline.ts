@@ -5,9 +5,10 @@ import { DatabaseTimeoutError } from "./errors.js";
  * Interceptor that answers a request still running after `timeoutMs` with
  * `DatabaseTimeoutError` (`Unavailable`), so a client never waits longer than
  * that on a database that is gone or stuck. The work left behind is bounded
- * too (every pool wait and query has the same timeout, and a transaction that
- * fails is rolled back); like any request whose answer is lost, it may still
- * commit late.
+ * too: every pool wait and statement has the same timeout, and a statement
+ * that fails leaves nothing written. Like any request whose answer is lost,
+ * it may still commit late; a retry with the same `external_id` then gets
+ * the stored event back.
  */
 export function deadlineInterceptor(timeoutMs: number): Interceptor {
   return (next) => async (request) => {

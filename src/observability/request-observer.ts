@@ -178,10 +178,6 @@ function protocolOf(contentType: string): "grpc" | "grpc-web" | "connect" {
   return "connect";
 }
 
-/**
- * The code of a request answered before any handler ran (a malformed body,
- * a wrong content type or method, a refused credential), from its HTTP status.
- */
 /** The code of a gRPC answer given before any handler ran (HTTP 200 with `grpc-status` in the headers, e.g. a missing token). */
 function grpcStatusHeader(res: Response): string | undefined {
   const status = res.getHeader("grpc-status");
@@ -189,6 +185,10 @@ function grpcStatusHeader(res: Response): string | undefined {
   return Number(status) === 0 ? "ok" : codeToString(Number(status));
 }
 
+/**
+ * The code of a request answered before any handler ran (a malformed body,
+ * a wrong content type or method, a refused credential), from its HTTP status.
+ */
 function codeFromHttpStatus(status: number): string {
   if (status < 300) return "ok";
   return HTTP_STATUS_CODES[status] ?? (status < 500 ? "failed_precondition" : "internal");

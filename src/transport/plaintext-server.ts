@@ -21,11 +21,10 @@ const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
  * on one port, told apart by the connection's first bytes. It emits
  * `connection` for every socket and `session` for every HTTP/2 session.
  *
- * Not a library's protocol sniffer: the one we used hands HTTP/2 sockets to
- * Node marked as generic streams, so every HTTP/2 read and write went through
- * an extra JavaScript stream wrapper. Node's HTTP/2 takes a plain socket with
- * the sniffed bytes pushed back (it reads them first), as its HTTP/1.1 server
- * does.
+ * Each server gets the plain socket with the sniffed bytes pushed back, so
+ * it reads them first, as if it had accepted the connection itself: no
+ * stream wrapper under every HTTP/2 read and write. Why the port works this
+ * way: docs/one-port-server.md.
  *
  * Slow or silent clients cannot hold sockets for ever: a connection must tell
  * its protocol within `firstBytesTimeoutMs` (default 60 s), and HTTP/1.1

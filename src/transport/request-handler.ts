@@ -21,7 +21,7 @@ import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
 
-/** The plain JSON route the earlier version's clients call. */
+/** The plain JSON route existing gateways call (docs/one-port-server.md). */
 export const PLAIN_INGEST_PATH = "/ingest/message";
 const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
 
@@ -74,7 +74,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const jsonOptions = { ignoreUnknownFields: true, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
   const connectHandler = connectNodeAdapter({ ...adapterOptions, jsonOptions });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
-  // answered in snake_case with every field present, as the earlier version did.
+  // answered in snake_case with every field present, the shape those gateways read.
   // Its statuses are plain HTTP's: 413 for a body too large, 408 for one too slow.
   const plainJsonHandler = connectNodeAdapter({
     ...adapterOptions,
