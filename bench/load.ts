@@ -185,7 +185,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
     case "route":
     case "bare":
     case "bare-connect": {
-      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true } as http.AgentOptions);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true });
       const connect = plan.mode === "connect";
       const url = new URL(connect ? INGEST_MESSAGE_PATH : "/ingest/message", plan.target);
       return {

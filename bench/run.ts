@@ -386,8 +386,8 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
         },
       });
     };
-    createInterface({ input: child.stdout! }).on("line", (line) => onLine(line, false));
-    createInterface({ input: child.stderr! }).on("line", (line) => onLine(line, true));
+    createInterface({ input: child.stdout }).on("line", (line) => onLine(line, false));
+    createInterface({ input: child.stderr }).on("line", (line) => onLine(line, true));
     void exited.then((code) => reject(new Error(`server exited with ${code} before listening:\n${startup}`)));
   });
 }

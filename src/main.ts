@@ -70,11 +70,12 @@ async function main(config: Config, log: Logger): Promise<void> {
     readyLog.info("stopped");
     process.exit(exitCode);
   };
-  const onSignal = (signal: string) => () =>
+  const onSignal = (signal: string) => () => {
     stop(signal).catch((error: unknown) => {
       readyLog.fatal({ err: error }, "shutdown failed");
       process.exit(1);
     });
+  };
   process.on("SIGTERM", onSignal("SIGTERM"));
   process.on("SIGINT", onSignal("SIGINT"));
   // Last line of defence; requests never get here (src/transport/guard.ts).

@@ -20,7 +20,7 @@ async function envExample(): Promise<Record<string, string>> {
 /** The names loadConfig reads, found by handing it an environment that records every lookup. */
 function variablesRead(): string[] {
   const read = new Set<string>();
-  const env = new Proxy({} as NodeJS.ProcessEnv, {
+  const env = new Proxy({}, {
     get(_target, name) {
       if (typeof name === "string") read.add(name);
       return undefined;

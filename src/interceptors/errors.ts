@@ -20,7 +20,7 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof DatabaseError) {
-    const sqlState = String((error.original as { code?: unknown })?.code ?? "");
+    const sqlState = String((error.original as { code?: string | number } | undefined)?.code ?? "");
     // Class 22 is "data exception": the value itself was refused (for
     // example a NUL character, which JSON allows and PostgreSQL text does not).
     if (sqlState.startsWith("22")) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);
@@ -43,7 +43,7 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
  */
 function isDatabaseUnavailable(error: unknown): boolean {
   if (error instanceof DatabaseTimeoutError || error instanceof ConnectionError) return true;
-  const cause = (error instanceof DatabaseError ? error.original : error) as { code?: unknown; message?: unknown } | undefined;
+  const cause = (error instanceof DatabaseError ? error.original : error) as { code?: string | number; message?: string } | undefined;
   const code = String(cause?.code ?? "");
   return (
     /^(08|53|57)|^25P03$|^E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH|NOTFOUND)$/.test(code) ||

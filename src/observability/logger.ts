@@ -90,7 +90,7 @@ interface SerializedError {
  */
 export function serializeError(error: unknown, depth = 0): SerializedError {
   if (!(error instanceof Error)) return { type: typeof error, message: String(error) };
-  const code = (error as { code?: unknown }).code ?? (error as { original?: { code?: unknown } }).original?.code;
+  const code = (error as { code?: string | number }).code ?? (error as { original?: { code?: string | number } }).original?.code;
   const cause = (error as { cause?: unknown }).cause ?? (error as { original?: unknown }).original;
   return {
     type: error.constructor?.name ?? error.name,

@@ -31,7 +31,7 @@ export function createHttpProbes(health: DatabaseHealth, metrics: Metrics) {
       }
       send(res, 200, metrics.registry.contentType, await metrics.registry.metrics());
     };
-    answer().catch((error: unknown) => {
+    answer().catch(() => {
       if (!res.headersSent) send(res, 500, "application/json", JSON.stringify({ error: "internal error" }));
       else res.destroy();
     });
