@@ -10,7 +10,7 @@ import { defaultInputLimits } from "../src/config.js";
 import { openDatabase } from "../src/db/database.js";
 import { createTestCertificates, type TestCertificates } from "./support/certificates.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { connectRawH2, FRAME, headersFrame, serverSetting } from "./support/h2-frames.js";
+import { connectRawH2, FRAME, headersFrame } from "./support/h2-frames.js";
 import { startTestServer, type TestServer } from "./support/server.js";
 
 const TOKEN = "hardening-token-0123456789";

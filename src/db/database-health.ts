@@ -103,7 +103,7 @@ export class DatabaseHealth {
   /** Readiness for `/readyz`: serving, and every migration the code knows applied. */
   async readiness(): Promise<Readiness> {
     const probe = await this.probe();
-    let pending: string[] = [];
+    let pending: string[];
     try {
       this.known ??= this.migrator.migrations(this.sequelize.getQueryInterface()).then((all) => all.map((m) => m.name));
       const applied = new Set(probe.applied);

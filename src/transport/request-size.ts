@@ -1,5 +1,5 @@
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import type { UniversalHandler, UniversalServerRequest } from "@connectrpc/connect/protocol";
+import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
 
 export interface RequestBodyLimits {
   /** Longest a client may take to send a body once Connect starts reading it. */
@@ -41,7 +41,7 @@ export function limitRequestBodies(routes: (router: ConnectRouter) => void, limi
         if (response.status === 504 && deadline.expired) return { ...response, status: 408 };
         return response;
       };
-      router.handlers[index] = Object.assign(limited, handler) as UniversalHandler;
+      router.handlers[index] = Object.assign(limited, handler);
     });
   };
 }
