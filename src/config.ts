@@ -31,6 +31,8 @@ export interface Config {
   apiTokens: string[];
   /** TLS on the one port (PEM contents); with `clientCa`, clients must present a certificate it signed. */
   tls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
+  /** Group commit: most messages written in one batch, and most batches written at once (docs/group-commit.md). */
+  ingestBatch: { maxBatch: number; maxInFlight: number };
   /** Processes serving the one port (node:cluster); above 1 only with PostgreSQL. */
   workers: number;
   /** Bounds on connections, HTTP/2 sessions, request bodies and open streams (src/transport/server.ts). */
@@ -193,6 +195,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
     apiTokens,
     tls: cert && key ? { cert, key, clientCa } : undefined,
+    ingestBatch: {
+      maxBatch: integer("INGEST_BATCH_MAX", 64, 1, 10_000),
+      maxInFlight: integer("INGEST_BATCHES_IN_FLIGHT", 2, 1, 1000),
+    },
     workers: integer("WORKERS", 1, 1, 64),
     serverLimits: {
       maxConnections: integer("MAX_CONNECTIONS", defaultServerLimits.maxConnections, 1, 1_000_000),

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DuplicateConflictError } from "../src/ingest/errors.js";
-import { ingestMessage, type IngestDependencies, type IngestMessageInput } from "../src/ingest/ingest-message.js";
+import { createIngestMessage, type IngestDependencies, type IngestMessage, type IngestMessageInput } from "../src/ingest/ingest-message.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { count, rows } from "./support/rows.js";
 
@@ -10,15 +10,17 @@ import { count, rows } from "./support/rows.js";
 
 let database: TestDatabase;
 let dependencies: IngestDependencies;
+let ingestMessage: IngestMessage;
 
 beforeAll(async () => {
   database = await createTestDatabase();
   dependencies = { sequelize: database.sequelize, defaultPhoneRegion: "BR" };
+  ingestMessage = createIngestMessage(dependencies);
 });
 afterAll(async () => database?.close());
 
 const ingest = (message: Partial<IngestMessageInput> & { source: string; senderId: string }) =>
-  ingestMessage(dependencies, { content: "oi", metadata: {}, externalId: null, ...message });
+  ingestMessage({ content: "oi", metadata: {}, externalId: null, ...message });
 
 /** The outcome of a call that must fail: its error. */
 const refusal = (message: Parameters<typeof ingest>[0]) =>
@@ -130,10 +132,13 @@ describe(`ingestMessage: identity (${databaseKind})`, () => {
   });
 
   it("reads national numbers in the region it is given", async () => {
-    const inPortugal = await ingestMessage(
-      { ...dependencies, defaultPhoneRegion: "PT" },
-      { source: "whatsapp", senderId: "912 345 678", content: "olá", metadata: {}, externalId: null },
-    );
+    const inPortugal = await createIngestMessage({ ...dependencies, defaultPhoneRegion: "PT" })({
+      source: "whatsapp",
+      senderId: "912 345 678",
+      content: "olá",
+      metadata: {},
+      externalId: null,
+    });
     const inBrazil = await ingest({ source: "whatsapp", senderId: "912 345 678" });
 
     expect(inPortugal.status).toBe("LINKED");

@@ -6,7 +6,6 @@ import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import pg from "pg";
 import { Sequelize } from "sequelize-typescript";
-import { withoutPreparedStatements } from "./prepared-statement.js";
 import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
 import { IngestEvent } from "./models/IngestEvent.js";
@@ -69,7 +68,6 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
   await socketServer.start();
   await chmod(socket.path, 0o600);
   const sequelize = createSequelize(`postgres://postgres@localhost/postgres?host=${encodeURIComponent(socket.dir)}`, poolMax, options.timeoutMs);
-  withoutPreparedStatements(sequelize);
   return {
     sequelize,
     kind: "embedded",
@@ -111,9 +109,8 @@ async function listenPrivately(dataDir: string | undefined): Promise<{ dir: stri
  * Closes the pool once every connection is back, or after `waitMs`: a
  * request cut off at shutdown may hold one until its own timeout. What such
  * a connection still runs is then cancelled, and PostgreSQL rolls it back:
- * an ingest is a single statement that commits on its own as soon as it
- * completes, so leaving it running could store a message whose request was
- * already cut off. (The database rolls back an open transaction when the
+ * a batch left running would commit as soon as its statement completes and
+ * store messages whose requests were already cut off. (The database rolls back an open transaction when the
  * process exits, but not a statement still waiting on a lock.)
  */
 async function closePool(sequelize: Sequelize, waitMs?: number, cancelRunning?: () => Promise<void>): Promise<void> {

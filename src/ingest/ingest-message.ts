@@ -1,14 +1,16 @@
-import { UniqueConstraintError } from "sequelize";
+import { DatabaseError, Op, QueryTypes, UniqueConstraintError, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { DuplicateConflictError } from "./errors.js";
-import type { IngestEventStatus } from "../db/models/IngestEvent.js";
-import { runPrepared, type PreparedStatement } from "../db/prepared-statement.js";
+import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
-import { senderIdentity, type ContactKey, type IdentityOptions } from "./identity/sender-identity.js";
+import { senderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
+import { IngestBatcher, type BatcherOptions } from "./ingest-batcher.js";
 
-/** What the command works with: the database, and the settings of the identity rules. */
+/** What the command works with: the database, the identity rules' settings and how messages are batched. */
 export interface IngestDependencies extends IdentityOptions {
   sequelize: Sequelize;
+  /** Group commit settings; defaults: batches of up to 64, 2 at a time. */
+  ingestBatch?: Partial<BatcherOptions>;
 }
 
 /** One inbound message, as the RPC handler hands it over (already validated). */
@@ -33,119 +35,218 @@ export interface IngestMessageResult {
   duplicate: boolean;
 }
 
-/**
- * Stores an inbound message as an ingest event and links it to the one
- * contact its sender resolves to, creating that contact when it is new.
- *
- * One SQL statement writes the event with its outcome (LINKED, RECEIVED or
- * ERROR) and any new contact, so both commit or neither does. A copy of a
- * stored `external_id` writes nothing and is answered with the original's
- * ids when its sender and content match, or refused with
- * `DuplicateConflictError` when they do not. Why, and how races are settled:
- * docs/single-statement-ingest.md.
- */
-export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
-  const { sequelize } = dependencies;
-  const identity = senderIdentity(input.source, input.senderId, dependencies);
-  const event = [input.source, input.senderId, input.content, metadataJson(input.metadata), input.externalId];
-  if (identity.kind === "contact") {
-    const stored = await storeLinkedEvent(sequelize, identity.key, event);
-    if (stored) return { ...stored, status: "LINKED", error: null, duplicate: false };
-  } else {
-    const status: IngestEventStatus = identity.kind === "invalid" ? "ERROR" : "RECEIVED";
-    const error = identity.kind === "invalid" ? identity.reason : null;
-    const [row] = await runPrepared<{ id: string }>(sequelize, INSERT_EVENT, [...event, status, error]);
-    if (row) return { eventId: row.id, contactId: null, contactCreated: false, status, error, duplicate: false };
-  }
-  // Nothing was stored: only an external_id can conflict, and the original is committed.
-  const [original] = await runPrepared<StoredEvent>(sequelize, FIND_EVENT_BY_EXTERNAL_ID, [input.source, input.externalId]);
-  if (!original) throw new Error(`event with source ${input.source} and a conflicting external_id could not be read`);
-  return replayOf(original, input);
-}
+/** Stores one message; resolves once it is committed. `signal` drops it while it still waits for its batch. */
+export type IngestMessage = (input: IngestMessageInput, signal?: AbortSignal) => Promise<IngestMessageResult>;
 
-const INSERT_EVENT: PreparedStatement = {
-  name: "ingest_event",
-  text: `
-    INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, status, error)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
-    ON CONFLICT (source, external_id) DO NOTHING
-    RETURNING id`,
-};
-
-/**
- * Writes the event linked to the contact with this key, creating the contact
- * when there is none. Returns undefined when the event's external_id is
- * already stored: then nothing was written. A unique violation means another
- * statement created the same new contact first: run again, and find it.
- */
-async function storeLinkedEvent(
-  sequelize: Sequelize,
-  key: ContactKey,
-  event: Array<string | null>,
-): Promise<{ eventId: string; contactId: string; contactCreated: boolean } | undefined> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const [row] = await runPrepared<{ id: string; contact_id: string; created: boolean }>(sequelize, INSERT_LINKED_EVENT[key.column], [
-        key.value,
-        ...event,
-      ]);
-      return row && { eventId: row.id, contactId: row.contact_id, contactCreated: row.created };
-    } catch (error) {
-      if (!(error instanceof UniqueConstraintError) || attempt === 3) throw error;
-    }
-  }
-}
-
-const insertLinkedEvent = (column: ContactKey["column"]): PreparedStatement => ({
-  name: `ingest_linked_event_${column}`,
-  text: `
-    WITH existing AS (
-      SELECT id FROM crm_contacts WHERE ${column} = $1
-    ), contact AS (
-      SELECT coalesce((SELECT id FROM existing), gen_random_uuid()) AS id, NOT EXISTS (SELECT FROM existing) AS is_new
-    ), event AS (
-      INSERT INTO crm_ingest_events (source, sender_id, content, metadata, external_id, contact_id, status)
-      SELECT $2, $3, $4, $5::jsonb, $6, contact.id, 'LINKED' FROM contact
-      ON CONFLICT (source, external_id) DO NOTHING
-      RETURNING id, contact_id
-    ), created AS (
-      INSERT INTO crm_contacts (id, ${column})
-      SELECT contact.id, $1 FROM contact, event WHERE contact.is_new
-      RETURNING id
-    )
-    SELECT event.id, event.contact_id, EXISTS (SELECT FROM created) AS created FROM event`,
-});
-
-const INSERT_LINKED_EVENT: Record<ContactKey["column"], PreparedStatement> = {
-  whatsapp_id: insertLinkedEvent("whatsapp_id"),
-  email: insertLinkedEvent("email"),
-};
-
-interface StoredEvent {
-  id: string;
-  sender_id: string;
-  content: string;
-  contact_id: string | null;
+/** A message with its identity resolved, ready to be written in a batch. */
+interface PendingEvent {
+  input: IngestMessageInput;
+  whatsappId: string | null;
+  email: string | null;
   status: IngestEventStatus;
   error: string | null;
 }
 
-const FIND_EVENT_BY_EXTERNAL_ID: PreparedStatement = {
-  name: "ingest_find_event_by_external_id",
-  text: "SELECT id, sender_id, content, contact_id, status, error FROM crm_ingest_events WHERE source = $1 AND external_id = $2",
-};
+export const DEFAULT_INGEST_BATCH: Pick<BatcherOptions, "maxBatch" | "maxInFlight"> = { maxBatch: 64, maxInFlight: 2 };
 
-/** Answers a retry with the original event, or refuses it when the key was reused for a different message. */
-function replayOf(original: StoredEvent, input: IngestMessageInput): IngestMessageResult {
+/**
+ * The ingest command: stores an inbound message as an ingest event and links
+ * it to the one contact its sender resolves to, creating that contact when it
+ * is new. Messages that arrive together are written together (group commit,
+ * docs/group-commit.md); each keeps its own outcome.
+ */
+export function createIngestMessage(dependencies: IngestDependencies): IngestMessage {
+  const { sequelize } = dependencies;
+  const batcher = new IngestBatcher<PendingEvent, IngestMessageResult>((events) => storeEvents(sequelize, events), {
+    ...DEFAULT_INGEST_BATCH,
+    ...dependencies.ingestBatch,
+  });
+  return (input, signal) => {
+    const identity = senderIdentity(input.source, input.senderId, dependencies);
+    const key = identity.kind === "contact" ? identity.key : undefined;
+    return batcher.submit(
+      {
+        input,
+        whatsappId: key?.column === "whatsapp_id" ? key.value : null,
+        email: key?.column === "email" ? key.value : null,
+        status: identity.kind === "contact" ? "LINKED" : identity.kind === "invalid" ? "ERROR" : "RECEIVED",
+        error: identity.kind === "invalid" ? identity.reason : null,
+      },
+      signal,
+    );
+  };
+}
+
+/**
+ * Writes a batch of events in one Sequelize transaction: one statement (the
+ * same text for any batch size, so PostgreSQL's plan cache and Sequelize's
+ * per-query work are paid once per batch), then, only when some message
+ * repeated a stored external_id, one read of the originals. Answers each
+ * message in order. The transaction commits all of it or nothing.
+ *
+ * Races: the unique index on a contact's key decides between batches that
+ * create the same new contact: the loser's statement fails, its transaction
+ * rolls back, and the whole batch runs again with a fresh snapshot that finds
+ * the contact. A deadlock (two batches inserting the same external_ids in
+ * opposite order, made rare by inserting in key order) is retried alike.
+ * A value the database refuses (a data exception) would fail the batch:
+ * each message is then written alone, so only the bad one fails.
+ */
+async function storeEvents(sequelize: Sequelize, events: PendingEvent[]): Promise<Array<IngestMessageResult | Error>> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await sequelize.transaction((transaction) => writeBatch(sequelize, events, transaction));
+    } catch (error) {
+      if (isRace(error) && attempt < 3) continue;
+      if (isDataError(error) && events.length > 1) {
+        return Promise.all(events.map((event) => storeEvents(sequelize, [event]).then(([result]) => result)));
+      }
+      throw error;
+    }
+  }
+}
+
+const sqlState = (error: unknown) => String((error as { original?: { code?: unknown } })?.original?.code ?? "");
+const isRace = (error: unknown) => error instanceof UniqueConstraintError || sqlState(error) === "40P01";
+const isDataError = (error: unknown) => error instanceof DatabaseError && sqlState(error).startsWith("22");
+
+interface BatchRow {
+  n: number;
+  event_id: string | null;
+  contact_id: string | null;
+  created: boolean;
+}
+
+async function writeBatch(
+  sequelize: Sequelize,
+  events: PendingEvent[],
+  transaction: Transaction,
+): Promise<Array<IngestMessageResult | Error>> {
+  const column = <T>(pick: (event: PendingEvent) => T) => events.map(pick);
+  const rows = await sequelize.query<BatchRow>(STORE_EVENTS, {
+    bind: [
+      column((e) => e.input.source),
+      column((e) => e.input.senderId),
+      column((e) => e.input.content),
+      column((e) => metadataJson(e.input.metadata)),
+      column((e) => e.input.externalId),
+      column((e) => e.whatsappId),
+      column((e) => e.email),
+      column((e) => e.status),
+      column((e) => e.error),
+    ],
+    transaction,
+    type: QueryTypes.SELECT,
+  });
+  const results: Array<IngestMessageResult | Error | undefined> = new Array(events.length);
+  const repeats: number[] = [];
+  for (const row of rows) {
+    const i = row.n - 1;
+    if (row.event_id === null) {
+      repeats.push(i);
+      continue;
+    }
+    const { status, error } = events[i];
+    results[i] = { eventId: row.event_id, contactId: row.contact_id, contactCreated: row.created, status, error, duplicate: false };
+  }
+  if (repeats.length > 0) {
+    // Nothing was stored for these: only an external_id can conflict, and
+    // each original is committed or in this batch, so this read sees it.
+    const originals = await IngestEvent.findAll({
+      attributes: ["id", "source", "senderId", "content", "externalId", "contactId", "status", "error"],
+      where: { [Op.or]: repeats.map((i) => ({ source: events[i].input.source, externalId: events[i].input.externalId })) },
+      transaction,
+    });
+    const byKey = new Map(originals.map((original) => [`${original.source}\n${original.externalId}`, original]));
+    for (const i of repeats) {
+      const { input } = events[i];
+      const original = byKey.get(`${input.source}\n${input.externalId}`);
+      results[i] = original
+        ? replayOf(original, input)
+        : new Error(`event with source ${input.source} and a conflicting external_id could not be read`);
+    }
+  }
+  return results.map((result) => result ?? new Error("the batch statement returned no row for a message"));
+}
+
+/**
+ * One statement for a whole batch; its inputs are parallel arrays, one entry
+ * per message, so its text never changes.
+ *
+ * - `message`: the batch, numbered in arrival order, each with its contact
+ *   key (whatsapp_id or email; neither for RECEIVED and ERROR events) and
+ *   the contact already stored under it, if any.
+ * - `new_contact`: one new id per key not found, however many messages of the
+ *   batch carry it.
+ * - `event`: every event, inserted in (source, external_id) order (so
+ *   concurrent batches take the index's locks in the same order) with
+ *   ON CONFLICT DO NOTHING: a repeated external_id, in the table or earlier
+ *   in the batch (the earlier message is inserted first), stores nothing.
+ * - `created`: a new contact only when an event of its sender was stored, so
+ *   a refused copy never leaves its sender behind. Events name contacts
+ *   inserted after them in the same statement: PostgreSQL checks foreign keys
+ *   when the statement ends.
+ *
+ * Returns one row per message: the event and contact ids (null when nothing
+ * was stored) and whether this message is the one that created its contact.
+ */
+const STORE_EVENTS = `
+  WITH message AS MATERIALIZED (
+    SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, n)
+    LEFT JOIN crm_contacts by_whatsapp ON by_whatsapp.whatsapp_id = m.whatsapp_id
+    LEFT JOIN crm_contacts by_email ON by_email.email = m.email
+  ), new_contact AS MATERIALIZED (
+    SELECT whatsapp_id, email, gen_random_uuid() AS id
+    FROM (SELECT DISTINCT whatsapp_id, email FROM message WHERE existing_id IS NULL AND status = 'LINKED') k
+  ), resolved AS MATERIALIZED (
+    SELECT message.*, coalesce(message.existing_id, new_contact.id) AS contact_id
+    FROM message
+    LEFT JOIN new_contact ON message.existing_id IS NULL
+      AND new_contact.whatsapp_id IS NOT DISTINCT FROM message.whatsapp_id
+      AND new_contact.email IS NOT DISTINCT FROM message.email
+      AND message.status = 'LINKED'
+  ), event AS (
+    INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error)
+    SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id, status, error
+    FROM resolved ORDER BY source, external_id, n
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING id, contact_id
+  ), created AS (
+    INSERT INTO crm_contacts (id, whatsapp_id, email)
+    SELECT id, whatsapp_id, email FROM new_contact
+    WHERE EXISTS (SELECT FROM event WHERE event.contact_id = new_contact.id)
+    ORDER BY whatsapp_id, email
+    RETURNING id
+  )
+  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id,
+    coalesce(created.id IS NOT NULL AND resolved.n = min(resolved.n) OVER (PARTITION BY event.contact_id), false) AS created
+  FROM resolved
+  LEFT JOIN event ON event.id = resolved.event_id
+  LEFT JOIN created ON created.id = event.contact_id`;
+
+/**
+ * Answers a retry with the original event, or refuses it when the key was
+ * reused for a different message.
+ *
+ * A copy is a duplicate when its sender_id and content equal the original's,
+ * and is answered with the original's ids. Metadata is not compared: gateways
+ * attach per-delivery details (attempt counters, timestamps) that change
+ * between retries of the same message, and the original metadata is kept.
+ * A different sender_id or content means the key was reused for another
+ * message: `DuplicateConflictError`, naming the original event.
+ */
+function replayOf(original: IngestEvent, input: IngestMessageInput): IngestMessageResult | Error {
   const differing = [
-    ...(original.sender_id !== input.senderId ? ["sender_id"] : []),
+    ...(original.senderId !== input.senderId ? ["sender_id"] : []),
     ...(original.content !== input.content ? ["content"] : []),
   ];
-  if (differing.length > 0) throw new DuplicateConflictError(original.id, differing);
+  if (differing.length > 0) return new DuplicateConflictError(original.id, differing);
   // A copy writes nothing, so it created no contact.
   return {
     eventId: original.id,
-    contactId: original.contact_id,
+    contactId: original.contactId,
     contactCreated: false,
     status: original.status,
     error: original.error,

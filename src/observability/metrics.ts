@@ -15,6 +15,8 @@ export interface Metrics {
   contactsCreated: Counter;
   /** Requests answered with an earlier result because they repeated an idempotency key. */
   duplicates: Counter;
+  /** Messages per ingest batch (one transaction, one commit), observed as each batch is sent. */
+  ingestBatchSize: Histogram;
 }
 
 /** Pool counters of sequelize-pool, as Sequelize's connection manager holds them. */
@@ -61,6 +63,12 @@ export function createMetrics(registry: Registry, sequelize?: Sequelize): Metric
     duplicates: new Counter({
       name: `${prefix}duplicates_total`,
       help: "Requests answered with an earlier result because they repeated an idempotency key.",
+      registers,
+    }),
+    ingestBatchSize: new Histogram({
+      name: `${prefix}batch_size`,
+      help: "Messages written per ingest batch: one transaction and one commit for all of them (group commit).",
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
       registers,
     }),
   };

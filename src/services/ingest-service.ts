@@ -1,6 +1,6 @@
 import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
 import { IngestEventStatus, type IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
+import { createIngestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
 
 const eventStatusToProto = {
   RECEIVED: IngestEventStatus.RECEIVED,
@@ -13,17 +13,26 @@ export const ingestResultKey = createContextKey<IngestMessageResult | undefined>
   description: "result of the ingest command",
 });
 
-/** The IngestService RPC handlers: map the request to the command's input, run it, map the result back. */
+/**
+ * The IngestService RPC handlers: map the request to the command's input, run
+ * it, map the result back. Create it once per server: every protocol's
+ * requests then share one batcher.
+ */
 export function createIngestService(dependencies: IngestDependencies): ServiceImpl<typeof IngestService> {
+  const ingestMessage = createIngestMessage(dependencies);
   return {
     async ingestMessage(request, context) {
-      const result = await ingestMessage(dependencies, {
-        source: request.source,
-        senderId: request.senderId,
-        content: request.content,
-        metadata: request.metadata ?? {},
-        externalId: request.externalId ?? null,
-      });
+      const result = await ingestMessage(
+        {
+          source: request.source,
+          senderId: request.senderId,
+          content: request.content,
+          metadata: request.metadata ?? {},
+          externalId: request.externalId ?? null,
+        },
+        // Cancelled or past its deadline: left out of the batch it waits for.
+        context.signal,
+      );
       context.values.set(ingestResultKey, result);
       return {
         eventId: result.eventId,

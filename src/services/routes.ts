@@ -5,6 +5,7 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { DatabaseHealth } from "../db/database-health.js";
 import { createHealthService } from "./health-service.js";
 import type { PhoneRegion } from "../ingest/identity/phone-number.js";
+import type { BatcherOptions } from "../ingest/ingest-batcher.js";
 import { createIngestService } from "./ingest-service.js";
 import { registerReflection } from "./reflection-service.js";
 import type { OpenStreams } from "./stream-limits.js";
@@ -17,6 +18,8 @@ export interface ServiceDependencies {
   health: DatabaseHealth;
   /** The cap on open watches, shared by every streaming service; shut down with the server. */
   streams: OpenStreams;
+  /** Group commit of ingest writes (batch size, batches at once, batch-size observer). */
+  ingestBatch?: Partial<BatcherOptions>;
 }
 
 /** The services on the router, besides reflection, which lists them and itself. */

@@ -59,7 +59,9 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
   const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
   // The service implementations are built once and registered on both adapters.
-  const registerRoutes = withUndecodableAsInvalidArgument(routes(options));
+  const registerRoutes = withUndecodableAsInvalidArgument(
+    routes({ ...options, ingestBatch: { ...options.ingestBatch, onBatch: (size) => options.metrics.ingestBatchSize.observe(size) } }),
+  );
   const adapterOptions = {
     routes: limitRequestBodies(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs }),
     acceptCompression: acceptedCompressions,
