@@ -99,7 +99,14 @@ async function storeEvents(sequelize: Sequelize, events: PendingEvent[]): Promis
     } catch (error) {
       if (isRace(error) && attempt < 3) continue;
       if (isDataError(error) && events.length > 1) {
-        return Promise.all(events.map((event) => storeEvents(sequelize, [event]).then(([result]) => result)));
+        return Promise.all(
+          events.map((event) =>
+            storeEvents(sequelize, [event]).then(
+              ([result]) => result,
+              (alone: unknown) => (alone instanceof Error ? alone : new Error(String(alone))),
+            ),
+          ),
+        );
       }
       throw error;
     }

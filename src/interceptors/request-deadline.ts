@@ -4,24 +4,33 @@ import { DatabaseTimeoutError } from "./errors.js";
 /**
  * Interceptor that answers a request still running after `timeoutMs` with
  * `DatabaseTimeoutError` (`Unavailable`), so a client never waits longer than
- * that on a database that is gone or stuck. The work left behind is bounded
- * too: every pool wait and statement has the same timeout, and a statement
- * that fails leaves nothing written. Like any request whose answer is lost,
- * it may still commit late; a retry with the same `external_id` then gets
- * the stored event back.
+ * that on a database that is gone or stuck. The handler's signal aborts at
+ * the same moment, so a message still waiting for its batch is left out of
+ * it. The work left behind is bounded too: every pool wait and statement has
+ * the same timeout, and a transaction that fails is rolled back. Like any
+ * request whose answer is lost, a batch already sent may still commit late;
+ * a retry with the same `external_id` then gets the stored event back.
  */
 export function deadlineInterceptor(timeoutMs: number): Interceptor {
   return (next) => async (request) => {
     // Only unary calls: a stream (a health watch, say) may rightly stay open.
     if (request.stream) return next(request);
+    const controller = new AbortController();
+    const cancelled = () => controller.abort(request.signal.reason);
+    request.signal.addEventListener("abort", cancelled, { once: true });
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DatabaseTimeoutError(timeoutMs)), timeoutMs);
+      timer = setTimeout(() => {
+        const error = new DatabaseTimeoutError(timeoutMs);
+        controller.abort(error);
+        reject(error);
+      }, timeoutMs);
     });
     try {
-      return await Promise.race([next(request), deadline]);
+      return await Promise.race([next({ ...request, signal: controller.signal }), deadline]);
     } finally {
       clearTimeout(timer);
+      request.signal.removeEventListener("abort", cancelled);
     }
   };
 }
