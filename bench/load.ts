@@ -6,7 +6,8 @@
  * Modes: `grpc` (gRPC over h2c), `connect` (Connect JSON over HTTP/1.1),
  * `route` (POST /ingest/message) against the server; `bare` and
  * `bare-connect`, the route's requests against the reference servers
- * (bench/bare-server.ts, bench/bare-connect-server.ts); and `sql`, which
+ * (bench/bare-server.ts, bench/bare-connect-server.ts); `bare-grpc`, the
+ * gRPC requests against the Connect reference server; and `sql`, which
  * does the same logical work straight on a `pg` pool: the database's floor.
  */
 import http from "node:http";
@@ -19,7 +20,7 @@ import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService 
 import { floorIngest } from "./floor.js";
 import { messageSource, type Message } from "./traffic.js";
 
-export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect";
+export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect" | "bare-grpc";
 
 /** What bench/run.ts hands the load generator (as JSON in argv[2]). */
 export interface LoadPlan {
@@ -166,7 +167,8 @@ async function main(plan: LoadPlan): Promise<void> {
  */
 async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
   switch (plan.mode) {
-    case "grpc": {
+    case "grpc":
+    case "bare-grpc": {
       // A gRPC client multiplexes calls over few HTTP/2 connections; more than
       // one lets several worker processes share the load.
       const { hostname, port } = new URL(plan.target);

@@ -5,14 +5,20 @@
 import { loadConfig } from "../src/config.js";
 import type { LoadMode } from "./load.js";
 
+/** A scenario of the run: a load mode, at the run's concurrency or its own (`route@1`). */
+export interface Scenario {
+  mode: LoadMode;
+  concurrency: number;
+}
+
 export interface BenchOptions {
   /** The PostgreSQL server to create the throwaway database on. */
   serverUrl: string;
   concurrency: number;
   durationS: number;
   warmupS: number;
-  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once. */
-  scenarios: LoadMode[];
+  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once; `mode@N` runs with N clients. */
+  scenarios: Scenario[];
   /** Each service scenario runs once per worker count. */
   workers: number[];
   /** Known senders the load draws from, and the share of messages from new ones. */
@@ -30,7 +36,8 @@ export interface BenchOptions {
   label: string;
 }
 
-const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect"];
+const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc"];
+const DEFAULT_SCENARIOS = "sql,grpc,connect,route,route@1,bare,bare-connect,bare-connect@1,bare-grpc";
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const flags = new Map<string, string>();
@@ -73,12 +80,18 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
   const preload = flag("preload");
   const defaultPool = loadConfig({}).databasePoolMax;
   const pool = number("pool", Number(env.DATABASE_POOL_MAX) || defaultPool, 1, 1000);
+  const concurrency = number("concurrency", 32, 1, 10_000);
   const options: BenchOptions = {
     serverUrl,
-    concurrency: number("concurrency", 32, 1, 10_000),
+    concurrency,
     durationS: number("duration", 20, 0.5, 86_400, false),
     warmupS: number("warmup", 2, 0, 3_600, false),
-    scenarios: list("scenarios", MODES.join(","), (s) => MODES.find((m) => m === s)),
+    scenarios: list("scenarios", DEFAULT_SCENARIOS, (s) => {
+      const [name, clients] = s.split("@");
+      const mode = MODES.find((m) => m === name);
+      if (!mode || (clients !== undefined && !/^[1-9]\d{0,4}$/.test(clients))) return undefined;
+      return { mode, concurrency: clients === undefined ? concurrency : Number(clients) };
+    }),
     workers: list("workers", "1,2", (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 64 ? Number(s) : undefined)),
     senders: number("senders", 10_000, 1, 10_000_000),
     newShare: number("new-share", 0.1, 0, 1, false),

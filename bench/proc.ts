@@ -2,7 +2,7 @@
  * CPU and memory of another process tree, read from /proc (Linux): the
  * server runs in its own process, so process.cpuUsage() cannot see it.
  */
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
@@ -81,4 +81,44 @@ export function machineCpu(): { busy: number; total: number } {
   const idle = ticks[3] + (ticks[4] ?? 0);
   const total = ticks.reduce((sum, t) => sum + (Number.isFinite(t) ? t : 0), 0);
   return { busy: total - idle, total };
+}
+
+/**
+ * The TCP ports (IPv4 and IPv6) that any of these processes listens on, read
+ * from /proc: how the bench finds a server started on port 0 without relying
+ * on what it logs.
+ */
+export function listeningPorts(pids: number[]): number[] {
+  const inodes = new Set<string>();
+  for (const pid of pids) {
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (match) inodes.add(match[1]);
+      } catch {
+        // Closed while we looked.
+      }
+    }
+  }
+  const ports = new Set<number>();
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = "";
+    try {
+      text = readFileSync(table, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      // local_address is hex "ADDR:PORT"; state 0A is LISTEN; field 9 is the inode.
+      if (fields.length > 9 && fields[3] === "0A" && inodes.has(fields[9])) ports.add(parseInt(fields[1].split(":")[1], 16));
+    }
+  }
+  return [...ports];
 }

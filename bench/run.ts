@@ -21,8 +21,8 @@ import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
 import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
-import { parseOptions, type BenchOptions } from "./options.js";
-import { machineCpu, processTree, sample } from "./proc.js";
+import { parseOptions, type BenchOptions, type Scenario } from "./options.js";
+import { listeningPorts, machineCpu, processTree, sample } from "./proc.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -32,9 +32,14 @@ const API_TOKEN = randomBytes(24).toString("hex");
 /** One scenario's figures, as printed and written to the JSON file. */
 interface Row {
   scenario: LoadMode;
+  concurrency: number;
   workers: number | null;
   load: LoadResult;
   ratioToFloor: number | null;
+  /** Throughput over the reference server's at the same concurrency (route and Connect: bare-connect; gRPC: bare-grpc). */
+  ratioToReference: number | null;
+  /** Messages per ingest batch in the measured run (from the server's batch-size histogram; null for other servers). */
+  batchSize: { batches: number; mean: number; p50: number; p99: number } | null;
   /** Server process tree (null for the floor, which has no server). */
   serverCpuMsPer1000: number | null;
   serverPeakRssMb: number | null;
@@ -71,9 +76,9 @@ async function main(): Promise<void> {
 
     const rows: Row[] = [];
     let run = 0;
-    const measure = async (scenario: LoadMode, server?: Server) => {
+    const measure = async (scenario: Scenario, server?: Server) => {
       run++;
-      process.stdout.write(`bench: ${scenario}${server ? ` workers=${server.workers}` : ""} ... `);
+      process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""} ... `);
       const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
       rows.push(row);
       const l = row.load;
@@ -82,11 +87,11 @@ async function main(): Promise<void> {
     // The floor and the reference servers run where they are listed;
     // each run of consecutive service scenarios shares one server per worker count.
     for (const group of groupScenarios(options.scenarios)) {
-      if (group[0] === "sql") {
-        await measure("sql");
+      if (group[0].mode === "sql") {
+        await measure(group[0]);
         continue;
       }
-      const reference = REFERENCE_SERVERS[group[0]];
+      const reference = REFERENCE_SERVERS[group[0].mode];
       if (reference) {
         const server = await startServer(benchUrl.toString(), 1, options.pool, reference);
         try {
@@ -108,7 +113,12 @@ async function main(): Promise<void> {
 
     const floors = rows.filter((r) => r.scenario === "sql").map((r) => r.load.rps);
     const floor = floors.length ? floors.reduce((a, b) => a + b, 0) / floors.length : null;
-    for (const row of rows) row.ratioToFloor = floor ? row.load.rps / floor : null;
+    for (const row of rows) {
+      row.ratioToFloor = floor ? row.load.rps / floor : null;
+      const referenceMode = REFERENCE_OF[row.scenario];
+      const references = rows.filter((r) => r.scenario === referenceMode && r.concurrency === row.concurrency).map((r) => r.load.rps);
+      row.ratioToReference = references.length ? row.load.rps / (references.reduce((a, b) => a + b, 0) / references.length) : null;
+    }
     const after = await counts(db);
     const afterProblems = await integrity(db);
 
@@ -202,12 +212,16 @@ async function integrity(db: pg.Client): Promise<string[]> {
 const REFERENCE_SERVERS: Partial<Record<LoadMode, string>> = {
   bare: "bench/bare-server.ts",
   "bare-connect": "bench/bare-connect-server.ts",
+  "bare-grpc": "bench/bare-connect-server.ts",
 };
 
+/** The reference each service scenario is compared with: the same protocol on the Connect reference server. */
+const REFERENCE_OF: Partial<Record<LoadMode, LoadMode>> = { route: "bare-connect", connect: "bare-connect", grpc: "bare-grpc" };
+
 /** `sql,grpc,route,bare,sql` -> [sql], [grpc, route], [bare], [sql]. */
-function groupScenarios(scenarios: LoadMode[]): LoadMode[][] {
-  const alone = (scenario: LoadMode) => scenario === "sql" || scenario in REFERENCE_SERVERS;
-  const groups: LoadMode[][] = [];
+function groupScenarios(scenarios: Scenario[]): Scenario[][] {
+  const alone = (scenario: Scenario) => scenario.mode === "sql" || scenario.mode in REFERENCE_SERVERS;
+  const groups: Scenario[][] = [];
   for (const scenario of scenarios) {
     const last = groups.at(-1);
     if (!alone(scenario) && last && !alone(last[0])) last.push(scenario);
@@ -220,17 +234,18 @@ async function runScenario(
   db: pg.Client,
   options: BenchOptions,
   databaseUrl: string,
-  scenario: LoadMode,
+  scenario: Scenario,
   server: Server | undefined,
   tag: string,
 ): Promise<Row> {
   const before = await counts(db);
+  const batchesBefore = server?.service ? await batchHistogram(server.baseUrl) : undefined;
   const errorLinesBefore = server?.errorLines() ?? 0;
   const serverPids = server ? processTree(server.child.pid!) : [];
   const plan: LoadPlan = {
-    mode: scenario,
+    mode: scenario.mode,
     target: server?.baseUrl ?? databaseUrl,
-    concurrency: options.concurrency,
+    concurrency: scenario.concurrency,
     warmupMs: options.warmupS * 1000,
     durationMs: options.durationS * 1000,
     poolSize: options.senders,
@@ -288,6 +303,7 @@ async function runScenario(
   }
 
   const after = await counts(db);
+  const batchesAfter = server?.service ? await batchHistogram(server.baseUrl) : undefined;
   const problems: string[] = [];
   const eventsStored = after.events - before.events;
   const contactsCreated = after.contacts - before.contacts;
@@ -304,10 +320,13 @@ async function runScenario(
   const seconds = (last.at - first.at) / 1000;
   const busyCores = machine.total ? (machine.busy / machine.total) * os.cpus().length : 0;
   return {
-    scenario,
+    scenario: scenario.mode,
+    concurrency: scenario.concurrency,
     workers: server?.workers ?? null,
     load: result,
     ratioToFloor: null,
+    ratioToReference: null,
+    batchSize: batchesBefore && batchesAfter ? batchSizes(batchesBefore, batchesAfter) : null,
     serverCpuMsPer1000: server ? perThousand(last.server.cpuMs - first.server.cpuMs) : null,
     serverPeakRssMb: server ? Math.max(peakRss, last.server.rssMb) : null,
     serverRssMb: rss,
@@ -331,6 +350,8 @@ interface Server {
   child: ChildProcess;
   baseUrl: string;
   workers: number;
+  /** The service itself (with its /metrics), not a reference server. */
+  service: boolean;
   errorLines(): number;
   stop(): Promise<void>;
 }
@@ -338,10 +359,11 @@ interface Server {
 /**
  * Starts `script` (the service unless told otherwise) over the bench
  * database, with the environment's log settings (request logs included, as
- * deployed), and resolves once it says where it listens. Afterwards only
- * lines logged as errors are counted.
+ * deployed), and resolves once it answers HTTP on the port it listens on,
+ * found in /proc rather than in its log (so any LOG_LEVEL works). Lines
+ * logged as errors are counted.
  */
-function startServer(databaseUrl: string, workers: number, poolMax: number, script = "src/main.ts"): Promise<Server> {
+async function startServer(databaseUrl: string, workers: number, poolMax: number, script = "src/main.ts"): Promise<Server> {
   const child = spawn(process.execPath, ["--import", "tsx", script], {
     cwd: root,
     env: {
@@ -360,23 +382,33 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  let startup = "";
-  let listening = false;
+  let output = "";
   let errorLines = 0;
+  let exitCode: number | null | undefined;
   const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
-  return new Promise((resolve, reject) => {
-    const onLine = (line: string, stderr: boolean) => {
-      // pino levels: 50 error, 60 fatal.
-      if (stderr || /"level":(5|6)0\b/.test(line)) errorLines++;
-      if (listening) return;
-      startup += `${line}\n`;
-      const match = /listening on (http:\/\/[^\s"]+)/.exec(line);
-      if (!match) return;
-      listening = true;
-      resolve({
+  void exited.then((code) => (exitCode = code));
+  const onLine = (line: string, stderr: boolean) => {
+    // pino levels: 50 error, 60 fatal.
+    if (stderr || /"level":(5|6)0\b/.test(line)) errorLines++;
+    if (output.length < 20_000) output += `${line}\n`;
+  };
+  createInterface({ input: child.stdout }).on("line", (line) => onLine(line, false));
+  createInterface({ input: child.stderr }).on("line", (line) => onLine(line, true));
+
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (exitCode !== undefined) throw new Error(`server exited with ${exitCode} before listening:\n${output}`);
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`server did not answer within 120 s:\n${output}`);
+    }
+    const port = listeningPorts(processTree(child.pid!))[0];
+    if (port !== undefined && (await answers(`http://127.0.0.1:${port}/healthz`))) {
+      return {
         child,
-        baseUrl: match[1],
+        baseUrl: `http://127.0.0.1:${port}`,
         workers,
+        service: script === "src/main.ts",
         errorLines: () => errorLines,
         async stop() {
           child.kill("SIGTERM");
@@ -384,21 +416,76 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
           await exited;
           clearTimeout(timer);
         },
-      });
-    };
-    createInterface({ input: child.stdout }).on("line", (line) => onLine(line, false));
-    createInterface({ input: child.stderr }).on("line", (line) => onLine(line, true));
-    void exited.then((code) => reject(new Error(`server exited with ${code} before listening:\n${startup}`)));
-  });
+      };
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
+/** True once anything answers HTTP at `url` (a reference server answers probes with an error, which is enough). */
+async function answers(url: string): Promise<boolean> {
+  try {
+    await fetch(url, { signal: AbortSignal.timeout(1_000) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The service's batch-size histogram, as scraped from /metrics (with WORKERS=N, one worker's). */
+interface BatchHistogram {
+  buckets: Array<[le: number, count: number]>;
+  sum: number;
+  count: number;
+}
+
+async function batchHistogram(baseUrl: string): Promise<BatchHistogram | undefined> {
+  try {
+    const text = await (await fetch(`${baseUrl}/metrics`, { headers: { authorization: `Bearer ${API_TOKEN}` } })).text();
+    const buckets: Array<[number, number]> = [];
+    let sum = 0;
+    let count = 0;
+    for (const line of text.split("\n")) {
+      const bucket = /^aurora_ingest_batch_size_bucket\{le="([^"]+)"\} (\S+)/.exec(line);
+      if (bucket) buckets.push([bucket[1] === "+Inf" ? Infinity : Number(bucket[1]), Number(bucket[2])]);
+      if (line.startsWith("aurora_ingest_batch_size_sum ")) sum = Number(line.split(" ")[1]);
+      if (line.startsWith("aurora_ingest_batch_size_count ")) count = Number(line.split(" ")[1]);
+    }
+    return buckets.length ? { buckets, sum, count } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Batches between two scrapes: how many, the mean size, and p50/p99 as the upper bound of the bucket they fall in. */
+function batchSizes(before: BatchHistogram, after: BatchHistogram): Row["batchSize"] {
+  const batches = after.count - before.count;
+  if (batches <= 0) return null;
+  const cumulative = after.buckets.map(([le, n], i) => [le, n - (before.buckets[i]?.[1] ?? 0)] as const);
+  const quantile = (q: number) => cumulative.find(([, n]) => n >= q * batches)?.[0] ?? Infinity;
+  return { batches, mean: (after.sum - before.sum) / batches, p50: quantile(0.5), p99: quantile(0.99) };
+}
+
+/** The run's concurrency: rows at another one say theirs. */
+let tableConcurrency = 0;
+
 function label(row: Row): string {
-  return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message", bare: "bare node:http + pg", "bare-connect": "bare Connect + pg" }[row.scenario];
+  const name = {
+    sql: "raw SQL floor",
+    grpc: "gRPC",
+    connect: "Connect JSON",
+    route: "POST /ingest/message",
+    bare: "bare node:http + pg",
+    "bare-connect": "bare Connect + pg",
+    "bare-grpc": "bare Connect gRPC + pg",
+  }[row.scenario];
+  return row.concurrency === tableConcurrency ? name : `${name}, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {
+  tableConcurrency = options.concurrency;
   const fixed = (n: number | null, digits = 1) => (n === null || !Number.isFinite(n) ? "-" : n.toFixed(digits));
-  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "srv CPU ms/1k", "srv peak MB", "pg CPU ms/1k", "client CPU ms/1k", "other cores"];
+  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "x ref", "srv CPU ms/1k", "srv peak MB", "pg CPU ms/1k", "batch p50/p99", "client CPU ms/1k", "other cores"];
   const lines = rows.map((r) => [
     label(r),
     r.workers === null ? "-" : String(r.workers),
@@ -408,9 +495,11 @@ function printTable(rows: Row[], options: BenchOptions): void {
     fixed(r.load.latencyMs.p99),
     String(r.load.errors),
     fixed(r.ratioToFloor, 2),
+    fixed(r.ratioToReference, 2),
     fixed(r.serverCpuMsPer1000, 0),
     fixed(r.serverPeakRssMb, 0),
     fixed(r.postgresCpuMsPer1000, 0),
+    r.batchSize ? `${r.batchSize.p50}/${r.batchSize.p99}` : "-",
     fixed(r.load.clientCpuMsPer1000, 0),
     fixed(r.otherCores, 2),
   ]);
