@@ -18,7 +18,8 @@ export const REQUEST_ID_HEADER = "x-request-id";
 /** What is known about one request by the time its response ends. */
 interface RequestRecord {
   id: string;
-  log: Logger;
+  /** The request's logger, bound to its id: created on first use, since most requests never log but their one line. */
+  readonly log: Logger;
   /** `/package.Service/Method`, once a Connect handler took the request. */
   procedure?: string;
   /** Connect code as a string (`ok`, `invalid_argument`, …), once known. */
@@ -64,13 +65,23 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
   const httpRoutes = new Set(options.httpRoutes);
   const quiet = new Set(options.quiet);
   const records = new WeakMap<Request, RequestRecord>();
+  // prom-client hashes a label set on every call; each set's child is looked up once.
+  const countRequest = cachedByLabels((labels: { procedure: string; protocol: string; code: string }) => metrics.requests.labels(labels));
+  const timeRequest = cachedByLabels((labels: { procedure: string; protocol: string }) => metrics.requestDuration.labels(labels));
 
   return {
     begin(req, res) {
       const started = process.hrtime.bigint();
       const incoming = req.headers[REQUEST_ID_HEADER];
       const id = typeof incoming === "string" && /^[\w.:@/+=-]{1,128}$/.test(incoming) ? incoming : randomUUID();
-      const record: RequestRecord = { id, log: logger.child({ requestId: id }), fields: {} };
+      let log: Logger | undefined;
+      const record: RequestRecord = {
+        id,
+        get log() {
+          return (log ??= logger.child({ requestId: id }));
+        },
+        fields: {},
+      };
       records.set(req, record);
       res.setHeader(REQUEST_ID_HEADER, id);
       const path = (req.url ?? "/").split("?")[0];
@@ -87,16 +98,18 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
           ? (record.code ?? grpcStatusHeader(res) ?? (res.writableFinished ? codeFromHttpStatus(res.statusCode) : "canceled"))
           : String(res.statusCode);
         const label = procedure ?? (httpRoutes.has(path) ? path : "unmatched");
-        metrics.requests.inc({ procedure: label, protocol, code });
-        metrics.requestDuration.observe({ procedure: label, protocol }, seconds);
+        countRequest({ procedure: label, protocol, code }, `${label} ${protocol} ${code}`).inc();
+        timeRequest({ procedure: label, protocol }, `${label} ${protocol}`).observe(seconds);
 
         // Refused strangers are counted, not logged at info: a flood of them must not flood the logs.
         const refused = code === "unauthenticated" || res.statusCode === 401;
         const level = quiet.has(label) || refused ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
         const method = bounded(req.method ?? "", 16);
         const shownPath = procedure || httpRoutes.has(path) ? path : bounded(path, 100);
-        record.log[level](
+        // The request's own line needs no child logger: it names the request id itself.
+        (log ?? logger)[level](
           {
+            ...(log === undefined && { requestId: id }),
             method,
             ...(path !== procedure && { path: shownPath }),
             ...(procedure && { procedure }),
@@ -114,7 +127,7 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
     contextValues(req) {
       const record = records.get(req);
       const values = createContextValues();
-      return record ? values.set(requestRecordKey, record).set(requestLoggerKey, record.log) : values;
+      return record ? withLazyRequestLogger(values.set(requestRecordKey, record), record) : values;
     },
 
     interceptor: (next) => async (req) => {
@@ -159,6 +172,36 @@ const SOURCE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 /** A client-chosen value cut to `max` characters, marked when cut. */
 function bounded(value: string, max: number): string {
   return value.length <= max ? value : `${value.slice(0, max)}…`;
+}
+
+/**
+ * Context values that answer `requestLoggerKey` with the request's logger,
+ * made only when something asks for it (an error logged on the request's
+ * behalf): most requests never do.
+ */
+function withLazyRequestLogger(values: ContextValues, record: RequestRecord): ContextValues {
+  const lazy: ContextValues = {
+    get: <T>(key: Parameters<ContextValues["get"]>[0]) => (key === requestLoggerKey ? record.log : values.get(key)) as T,
+    set(key, value) {
+      values.set(key, value);
+      return lazy;
+    },
+    delete(key) {
+      values.delete(key);
+      return lazy;
+    },
+  };
+  return lazy;
+}
+
+/** A function that returns the metric child for a label set, made once per distinct `key`. */
+function cachedByLabels<Labels, Child>(make: (labels: Labels) => Child): (labels: Labels, key: string) => Child {
+  const children = new Map<string, Child>();
+  return (labels, key) => {
+    let child = children.get(key);
+    if (child === undefined) children.set(key, (child = make(labels)));
+    return child;
+  };
 }
 
 async function* observeStream<T>(messages: AsyncIterable<T>, record: RequestRecord): AsyncIterable<T> {
