@@ -1,6 +1,6 @@
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DuplicateConflictError } from "../src/errors.js";
+import { DuplicateConflictError } from "../src/ingest/errors.js";
 import { createIngestMessage, type IngestMessage, type IngestMessageInput } from "../src/ingest/ingest-message.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 
