@@ -1,5 +1,5 @@
-import type { NonAttribute } from "sequelize";
-import { BelongsTo, Column, DataType, ForeignKey, Model, Table } from "sequelize-typescript";
+import { fn, literal, type NonAttribute } from "sequelize";
+import { BelongsTo, Column, CreatedAt, DataType, ForeignKey, Model, Table } from "sequelize-typescript";
 import { Contact } from "./Contact.js";
 
 /** Where a stored event stands: kept without contact, linked to one, or unresolvable. */
@@ -8,11 +8,26 @@ export type IngestEventStatus = (typeof INGEST_EVENT_STATUSES)[number];
 
 /**
  * One inbound message exactly as it arrived: the canonical record that the
- * timeline and the orchestrator consume later.
+ * timeline and the orchestrator consume later. Describes exactly the table
+ * the migrations create (test/models.test.ts compares them).
  */
-@Table({ tableName: "crm_ingest_events", underscored: true, timestamps: true, updatedAt: false })
+@Table({
+  tableName: "crm_ingest_events",
+  underscored: true,
+  timestamps: true,
+  updatedAt: false,
+  indexes: [
+    // A contact's timeline, a sender's history, and consumers reading new events in order.
+    { name: "crm_ingest_events_contact_id_created_at_idx", fields: ["contact_id", "created_at"] },
+    { name: "crm_ingest_events_source_sender_id_idx", fields: ["source", "sender_id"] },
+    { name: "crm_ingest_events_created_at_idx", fields: ["created_at"] },
+    { name: "crm_ingest_events_status_idx", fields: ["status"] },
+    // A retry with the same external_id stores nothing new.
+    { name: "crm_ingest_events_source_external_id_key", unique: true, fields: ["source", "external_id"] },
+  ],
+})
 export class IngestEvent extends Model {
-  @Column({ type: DataType.UUID, primaryKey: true, defaultValue: DataType.UUIDV4 })
+  @Column({ type: DataType.UUID, primaryKey: true, defaultValue: literal("gen_random_uuid()") })
   declare id: string;
 
   @Column({ type: DataType.TEXT, allowNull: false })
@@ -28,26 +43,26 @@ export class IngestEvent extends Model {
   @Column({ type: DataType.JSONB, allowNull: false, defaultValue: {} })
   declare metadata: Record<string, unknown>;
 
-  /**
-   * The provider's message id or a client-chosen key, unique per source
-   * (crm_ingest_events_source_external_id_key): a retry with it stores nothing new.
-   */
-  @Column({ type: DataType.TEXT, allowNull: true })
-  declare externalId: string | null;
-
   @ForeignKey(() => Contact)
   @Column({ type: DataType.UUID, allowNull: true })
   declare contactId: string | null;
 
-  @BelongsTo(() => Contact)
+  @BelongsTo(() => Contact, { onDelete: "RESTRICT", onUpdate: "CASCADE" })
   declare contact: NonAttribute<Contact | null>;
 
-  @Column({ type: DataType.TEXT, allowNull: false, defaultValue: "RECEIVED" })
+  /** Checked by the database too (crm_ingest_events_status_check). */
+  @Column({ type: DataType.TEXT, allowNull: false, defaultValue: "RECEIVED", validate: { isIn: [INGEST_EVENT_STATUSES] } })
   declare status: IngestEventStatus;
 
   /** Why the sender could not be resolved, when status is ERROR. */
   @Column({ type: DataType.TEXT, allowNull: true })
   declare error: string | null;
 
+  @CreatedAt
+  @Column({ type: DataType.DATE, allowNull: false, defaultValue: fn("now") })
   declare createdAt: Date;
+
+  /** The provider's message id or a client-chosen key, unique per source; null when the client sent none. */
+  @Column({ type: DataType.TEXT, allowNull: true })
+  declare externalId: string | null;
 }
