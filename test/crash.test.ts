@@ -10,7 +10,9 @@ import { postJson } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
 
 // `kill -9` under load, twice, then a normal restart: every event_id a client
-// was answered with must be in the database afterwards. The service runs as
+// was answered with must be in the database afterwards. The concurrent
+// clients keep batches of several messages in flight (group commit) when the
+// process dies. The service runs as
 // a child process; the embedded database lives in a folder on disk, as in
 // production use, so its durability is what is tested.
 
@@ -66,6 +68,10 @@ describe(`kill -9 under load (${databaseKind})`, () => {
       const target = acknowledged.size + ACKNOWLEDGED_BEFORE_KILL;
       const loading = load(service.baseUrl, acknowledged);
       await waitFor(() => acknowledged.size >= target, 60_000);
+      // The load is grouped: batches of several messages are being written when the kill lands.
+      const metrics = await (await fetch(`${service.baseUrl}/metrics`)).text();
+      const [messages, batches] = ["sum", "count"].map((what) => Number(new RegExp(`^aurora_ingest_batch_size_${what} (\\S+)`, "m").exec(metrics)?.[1]));
+      expect(messages).toBeGreaterThan(batches);
       service.child.kill("SIGKILL");
       expect(await exited).toBe("SIGKILL");
       await loading;

@@ -127,6 +127,55 @@ describe(`database faults (${databaseKind})`, () => {
     await expectServesAgain();
   });
 
+  it.runIf(databaseKind === "postgres")(
+    "kills the connection in the middle of a batch: each message was either stored and acknowledged or refused, never half",
+    async () => {
+      // A known contact, locked by another session: a batch that links an
+      // event to it waits on the lock mid-statement, its other events and
+      // new contacts already inserted but not committed.
+      const known = await postJson(server.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511977770000", content: "known", metadata: {} });
+      const locked = { id: known.body.contact_id as string };
+      const admin = new pg.Client({ connectionString: database.url });
+      await admin.connect();
+      try {
+        await admin.query("BEGIN");
+        await admin.query("SELECT id FROM crm_contacts WHERE id = $1 FOR UPDATE", [locked.id]);
+        const sent = Array.from({ length: 8 }, (_, i) => ({
+          source: "whatsapp",
+          sender_id: i === 0 ? "5511977770000" : `5511977771${String(i).padStart(3, "0")}`,
+          content: `mid-batch ${i}`,
+          metadata: {},
+        }));
+        const answers = Promise.all(sent.map((body) => postJson(server.baseUrl, "/ingest/message", body)));
+        for (let waited = 0; ; waited += 10) {
+          const waiting = await admin.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [SERVICE_NAME]);
+          if (waiting.rowCount! > 0) break;
+          if (waited > 5_000) throw new Error("no batch waited on the locked contact");
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        proxy.cut();
+        await admin.query("COMMIT");
+        const responses = await answers;
+        proxy.restore();
+
+        const stored = await rows<{ id: string; content: string }>("SELECT id, content FROM crm_ingest_events WHERE content LIKE 'mid-batch %'");
+        const storedByContent = new Map(stored.map((event) => [event.content, event.id]));
+        responses.forEach((response, i) => {
+          if (response.status === 200) expect(storedByContent.get(sent[i].content)).toBe(response.body.event_id);
+          else {
+            expect(response.status).toBe(503);
+            expect(storedByContent.has(sent[i].content)).toBe(false);
+          }
+        });
+        expect(responses.map((r) => r.status)).toContain(503);
+        await expectNothingHalfWritten();
+        await expectServesAgain();
+      } finally {
+        await admin.end();
+      }
+    },
+  );
+
   it.runIf(databaseKind === "postgres")("recovers when PostgreSQL ends every connection, as on a restart", async () => {
     expect((await ingest()).status).toBe(200);
     const admin = new pg.Client({ connectionString: database.url });
