@@ -122,3 +122,27 @@ export function listeningPorts(pids: number[]): number[] {
   }
   return [...ports];
 }
+
+/** CPU time used so far by each of the given processes that still runs. */
+export function cpuByPid(pids: number[]): Map<number, number> {
+  const cpu = new Map<number, number>();
+  for (const pid of pids) {
+    const stat = readStat(pid);
+    if (stat) cpu.set(pid, stat.cpuMs);
+  }
+  return cpu;
+}
+
+/**
+ * CPU used between two readings by the processes seen in both: one that
+ * ended in between (an idle pooled connection closed, say) drops out
+ * instead of subtracting its whole life's CPU.
+ */
+export function cpuBetween(first: Map<number, number>, last: Map<number, number>): number {
+  let ms = 0;
+  for (const [pid, end] of last) {
+    const start = first.get(pid);
+    if (start !== undefined) ms += end - start;
+  }
+  return ms;
+}

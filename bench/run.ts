@@ -22,7 +22,7 @@ import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
 import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
 import { parseOptions, type BenchOptions, type Scenario } from "./options.js";
-import { listeningPorts, machineCpu, processTree, sample } from "./proc.js";
+import { cpuBetween, cpuByPid, listeningPorts, machineCpu, processTree, sample } from "./proc.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -256,13 +256,13 @@ async function runScenario(
     token: API_TOKEN,
   };
 
-  type Snapshot = { at: number; server: ReturnType<typeof sample>; postgresMs: number; machine: ReturnType<typeof machineCpu>; loadMs: number };
+  type Snapshot = { at: number; server: ReturnType<typeof sample>; postgres: Map<number, number>; machine: ReturnType<typeof machineCpu>; loadMs: number };
   let backendPids: number[] = [];
   let load: ChildProcess | undefined;
   const snapshot = (): Snapshot => ({
     at: Date.now(),
     server: sample(serverPids),
-    postgresMs: sample(backendPids).cpuMs,
+    postgres: cpuByPid(backendPids),
     machine: machineCpu(),
     loadMs: load?.pid ? sample([load.pid]).cpuMs : 0,
   });
@@ -316,7 +316,7 @@ async function runScenario(
     busy: last.machine.busy - first.machine.busy,
     total: last.machine.total - first.machine.total,
   };
-  const oursMs = last.server.cpuMs - first.server.cpuMs + (last.postgresMs - first.postgresMs) + (last.loadMs - first.loadMs);
+  const oursMs = last.server.cpuMs - first.server.cpuMs + cpuBetween(first.postgres, last.postgres) + (last.loadMs - first.loadMs);
   const seconds = (last.at - first.at) / 1000;
   const busyCores = machine.total ? (machine.busy / machine.total) * os.cpus().length : 0;
   return {
@@ -330,7 +330,7 @@ async function runScenario(
     serverCpuMsPer1000: server ? perThousand(last.server.cpuMs - first.server.cpuMs) : null,
     serverPeakRssMb: server ? Math.max(peakRss, last.server.rssMb) : null,
     serverRssMb: rss,
-    postgresCpuMsPer1000: perThousand(last.postgresMs - first.postgresMs),
+    postgresCpuMsPer1000: perThousand(cpuBetween(first.postgres, last.postgres)),
     otherCores: Math.max(0, busyCores - oursMs / 1000 / seconds),
     serverErrorLines: (server?.errorLines() ?? 0) - errorLinesBefore,
     checks: { eventsStored, contactsCreated, ok: problems.length === 0, problems },
