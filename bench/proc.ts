@@ -91,7 +91,7 @@ export function machineCpu(): { busy: number; total: number } {
 export function listeningPorts(pids: number[]): number[] {
   const inodes = new Set<string>();
   for (const pid of pids) {
-    let fds: string[] = [];
+    let fds: string[];
     try {
       fds = readdirSync(`/proc/${pid}/fd`);
     } catch {
@@ -108,7 +108,7 @@ export function listeningPorts(pids: number[]): number[] {
   }
   const ports = new Set<number>();
   for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    let text = "";
+    let text: string;
     try {
       text = readFileSync(table, "utf8");
     } catch {

@@ -43,7 +43,7 @@ export class IngestBatcher<Item, Result> {
 
   /** Queues an item for the next batch; resolves once that batch committed. */
   submit(item: Item, signal?: AbortSignal): Promise<Result> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
     return new Promise<Result>((resolve, reject) => {
       this.queue.push({ item, signal, resolve, reject });
       if (this.scheduled || this.inFlight >= this.options.maxInFlight) return;
@@ -58,7 +58,7 @@ export class IngestBatcher<Item, Result> {
       const batch: Array<Entry<Item, Result>> = [];
       while (batch.length < this.options.maxBatch && this.queue.length > 0) {
         const entry = this.queue.shift()!;
-        if (entry.signal?.aborted) entry.reject(entry.signal.reason);
+        if (entry.signal?.aborted) entry.reject(abortReason(entry.signal));
         else batch.push(entry);
       }
       if (batch.length > 0) this.send(batch);
@@ -84,4 +84,10 @@ export class IngestBatcher<Item, Result> {
       this.flush();
     });
   }
+}
+
+/** Why a signal aborted, as an Error (what its aborter gave, when that was one). */
+function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason : new Error(`request aborted: ${String(reason)}`);
 }

@@ -113,7 +113,10 @@ async function storeEvents(sequelize: Sequelize, events: PendingEvent[]): Promis
   }
 }
 
-const sqlState = (error: unknown) => String((error as { original?: { code?: unknown } })?.original?.code ?? "");
+const sqlState = (error: unknown) => {
+  const code = (error as { original?: { code?: unknown } } | undefined)?.original?.code;
+  return typeof code === "string" ? code : "";
+};
 const isRace = (error: unknown) => error instanceof UniqueConstraintError || sqlState(error) === "40P01";
 const isDataError = (error: unknown) => error instanceof DatabaseError && sqlState(error).startsWith("22");
 
