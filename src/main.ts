@@ -48,6 +48,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     tls: config.tls,
     requestTimeoutMs: config.databaseTimeoutMs,
     serverLimits: config.serverLimits,
+    corsAllowedOrigins: config.corsAllowedOrigins,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.
