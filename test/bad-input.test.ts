@@ -56,7 +56,7 @@ describe(`unknown JSON fields (${databaseKind})`, () => {
     const response = await fetch(fixture.server.baseUrl + RPC_PATH, {
       method: "POST",
       headers: { "content-type": "application/grpc-web+json" },
-      body: envelope(JSON.stringify({ ...valid, externalID: "k1" })),
+      body: new Uint8Array(envelope(JSON.stringify({ ...valid, externalID: "k1" }))),
     });
     const trailer = Buffer.from(await response.arrayBuffer()).subarray(5).toString();
     expect(trailer).toContain("grpc-status: 3");
@@ -111,7 +111,10 @@ describe(`4xx answers say what to do (${databaseKind})`, () => {
     const response = await rawRequest("GET", urlPath, {});
     expect(response.status).toBe(405);
     expect(response.headers.allow).toBe("POST");
-    expect(response.body).toMatchObject({ code: "unimplemented", message: expect.stringMatching(new RegExp(`^GET is not accepted on ${urlPath}: send POST with Content-Type application/json`)) });
+    expect(response.body).toMatchObject({
+      code: "unimplemented",
+      message: expect.stringMatching(new RegExp(`^GET is not accepted on ${urlPath}: send POST with Content-Type application/json`)),
+    });
   });
 
   it("an unknown path: 404 naming the paths this service serves", async () => {
@@ -165,9 +168,9 @@ describe(`error messages in @grpc/grpc-js (${databaseKind})`, () => {
     ];
     for (const request of cases) {
       const error = await call(request);
-      const expected = await connect
-        .ingestMessage({ source: request.source, senderId: request.sender_id, content: request.content, externalId: request.external_id })
-        .catch((e: unknown) => ConnectError.from(e));
+      const expected = await failure(
+        connect.ingestMessage({ source: request.source, senderId: request.sender_id, content: request.content, externalId: request.external_id }),
+      );
       expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
       expect(error.details).toBe(expected.rawMessage);
       expect(error.details).not.toMatch(/%[0-9A-F]{2}/);
@@ -179,15 +182,17 @@ describe(`error messages in @grpc/grpc-js (${databaseKind})`, () => {
     const first = { source: "web", sender_id: "grpc-js", content: "one", external_id: "grpc-js-conflict" };
     expect((await postJson(fixture.server.baseUrl, "/ingest/message", first)).status).toBe(200);
     const error = await call({ ...first, content: "two" });
+    const connect = createClient(IngestService, createConnectTransport({ baseUrl: fixture.server.baseUrl, httpVersion: "1.1" }));
+    const expected = await failure(connect.ingestMessage({ source: "web", senderId: "grpc-js", content: "two", externalId: "grpc-js-conflict" }));
     expect(error.code).toBe(grpc.status.ALREADY_EXISTS);
+    expect(error.details).toBe(expected.rawMessage);
     expect(error.details).toMatch(/^[^%]*[,;][^%]*$/);
   });
 
   it("keeps the violations detail for gRPC and gRPC-Web clients", async () => {
-    for (const transport of [createGrpcTransport({ baseUrl: fixture.server.baseUrl }), createGrpcWebTransport({ baseUrl: fixture.server.baseUrl, httpVersion: "1.1" })]) {
-      const error = await createClient(IngestService, transport)
-        .ingestMessage({ source: "Web Chat", senderId: "v", content: "c" })
-        .catch((e: unknown) => ConnectError.from(e));
+    const baseUrl = fixture.server.baseUrl;
+    for (const transport of [createGrpcTransport({ baseUrl }), createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })]) {
+      const error = await failure(createClient(IngestService, transport).ingestMessage({ source: "Web Chat", senderId: "v", content: "c" }));
       expect(error.rawMessage).toContain("source: does not match regex pattern `^[a-z][a-z0-9_-]{0,31}$`");
       expect(error.findDetails(ViolationsSchema)[0].violations[0].ruleId).toBe("string.pattern");
     }
@@ -201,6 +206,16 @@ describe(`error messages in @grpc/grpc-js (${databaseKind})`, () => {
     expect(decodeURIComponent(encoded)).toBe(message);
   });
 });
+
+/** The error a call that must fail failed with. */
+function failure(call: Promise<unknown>): Promise<ConnectError> {
+  return call.then(
+    () => {
+      throw new Error("expected an error");
+    },
+    (error: unknown) => ConnectError.from(error),
+  );
+}
 
 /** One gRPC-Web data frame. */
 function envelope(text: string): Buffer {

@@ -1,5 +1,6 @@
 import { spawn, spawnSync } from "node:child_process";
 import http from "node:http";
+import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
@@ -31,9 +32,42 @@ describe(`CORS with CORS_ALLOWED_ORIGINS set (${databaseKind})`, () => {
     expect(response.headers.get("access-control-allow-origin")).toBe(PAGE_ORIGIN);
     expect(lower(response.headers.get("access-control-allow-methods"))).toEqual(expect.arrayContaining(["post", "get"]));
     expect(lower(response.headers.get("access-control-allow-headers"))).toEqual(
-      expect.arrayContaining(["content-type", "connect-protocol-version", "connect-timeout-ms", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization", "x-request-id"]),
+      expect.arrayContaining([
+        "content-type",
+        "connect-protocol-version",
+        "connect-timeout-ms",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "authorization",
+        "x-request-id",
+      ]),
     );
     expect(response.headers.get("access-control-max-age")).toBe("7200");
+  });
+
+  it("answers a preflight over HTTP/2 the same way", async () => {
+    const session = http2.connect(fixture.server.baseUrl);
+    try {
+      const headers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+        const stream = session.request({
+          ":method": "OPTIONS",
+          ":path": RPC_PATH,
+          origin: PAGE_ORIGIN,
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "content-type,x-grpc-web,x-user-agent",
+        });
+        stream.on("response", resolve);
+        stream.on("error", reject);
+        stream.resume();
+        stream.end();
+      });
+      expect(headers[":status"]).toBe(204);
+      expect(headers["access-control-allow-origin"]).toBe(PAGE_ORIGIN);
+      expect(lower(String(headers["access-control-allow-headers"]))).toEqual(expect.arrayContaining(["x-grpc-web", "x-user-agent"]));
+    } finally {
+      session.close();
+    }
   });
 
   it("gives a preflight from any other origin no permission", async () => {

@@ -65,7 +65,10 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
   // The service implementations are built once and registered on both adapters.
   const registerRoutes = routes(options);
-  const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) => service.methods.map((method) => `/${service.typeName}/${method.name}`));
+  const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) =>
+    service.methods.map((method) => `/${service.typeName}/${method.name}`),
+  );
+  const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];
   const adapterOptions = {
     acceptCompression: acceptedCompressions,
     interceptors,
@@ -83,7 +86,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     ...adapterOptions,
     routes: limitRequestBodies(withReadableErrors(registerRoutes), { bodyTimeoutMs: options.bodyTimeoutMs }),
     jsonOptions,
-    fallback: answerUnknownPath([`POST ${PLAIN_INGEST_PATH}`, ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`]),
+    fallback: answerUnknownPath(servedPaths),
   });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, the shape those gateways read.
