@@ -36,7 +36,7 @@ export function lockDataDir(dataDir: string): () => void {
   const dir = path.resolve(dataDir);
   const file = path.join(dir, LOCK_FILE_NAME);
   const me: Owner = { pid: process.pid, host: hostname(), startedAt: new Date().toISOString(), nonce: randomBytes(8).toString("hex") };
-  if (heldHere.has(dir)) throw inUse(dir, me, file);
+  if (heldHere.has(dir)) throw new DataDirInUseError(`the embedded database in ${dir} is already open in this process (${process.pid})`);
 
   const aside = `${file}.${process.pid}.${me.nonce}`;
   writeFileSync(aside, `${JSON.stringify(me)}\n`);
