@@ -145,7 +145,7 @@ describe("npm run migrate", () => {
     for (const help of ["help", "--help"]) {
       const result = await runScript("src/cli/migrate.ts", [help], env);
       expect(result.code).toBe(0);
-      expect(result.output).toMatch(/^usage: npm run migrate \[-- <command>\]\n\n  up /);
+      expect(result.output).toMatch(/^usage: npm run migrate \[-- <command>\]\n\n {2}up /);
     }
   });
 });

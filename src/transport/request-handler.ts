@@ -126,6 +126,6 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     observer.begin(req, res);
     if (!allowCors) return serve(req, res);
     // Answers a preflight itself; for any other request it adds the headers, then goes on.
-    allowCors(req as IncomingMessage, res as ServerResponse, () => serve(req, res));
+    allowCors(req, res, () => serve(req, res));
   };
 }
