@@ -64,6 +64,8 @@ export function answerUnknownPath(servedPaths: string[]): NonNullable<ConnectNod
     const path = req.url?.split("?")[0] ?? "/";
     const error = new ConnectError(`no such path: ${req.method} ${path}; this service serves ${servedPaths.join(", ")}`, Code.Unimplemented);
     const contentType = req.headers["content-type"] ?? "";
+    // The body is not read: an HTTP/1.1 connection ends here, and says so to the client.
+    if (req.httpVersionMajor === 1) res.setHeader("connection", "close");
     if (/^application\/grpc(-web(-text)?)?([+;]|$)/i.test(contentType)) {
       // Headers set before end() (not writeHead) go out with the end of the
       // stream: a gRPC "trailers-only" answer on HTTP/2.
@@ -122,6 +124,8 @@ async function readable(
     const header = new Headers(response.header);
     header.set("content-type", "application/json");
     if (response.status === 405) header.set("allow", handler.allowedMethods.join(", "));
+    // The body is not read: an HTTP/1.1 connection ends here, and says so to the client.
+    if (request.httpVersion.startsWith("1.")) header.set("connection", "close");
     return { ...response, header, body: createAsyncIterable([errorToJsonBytes(new ConnectError(message, Code.Unimplemented), {})]) };
   }
   if (body === undefined || !(Symbol.asyncIterator in body)) return response;
