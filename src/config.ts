@@ -37,6 +37,8 @@ export interface Config {
   workers: number;
   /** Bounds on connections, HTTP/2 sessions, request bodies and open streams (src/transport/server.ts). */
   serverLimits: ServerLimits;
+  /** Web origins (`https://app.example.com`) whose pages may call the service from a browser; `*` for any; empty: none. */
+  corsAllowedOrigins: string[];
 }
 
 /** What one client can hold of the server: connections, HTTP/2 streams and memory, time to send a body, open watches. */
@@ -173,6 +175,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) problems.push("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
   if (env.TLS_CLIENT_CA_FILE && !env.TLS_CERT_FILE) problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE");
 
+  // Origins as browsers send them: scheme, host and port only, no path.
+  const corsAllowedOrigins = (env.CORS_ALLOWED_ORIGINS ?? "")
+    .split(",")
+    .map((origin) => origin.trim())
+    .filter((origin) => origin !== "");
+  for (const origin of corsAllowedOrigins) {
+    if (origin !== "*" && !isWebOrigin(origin)) {
+      problems.push(`CORS_ALLOWED_ORIGINS must list origins such as https://app.example.com (scheme, host, optional port; no path) or *, got "${origin}"`);
+    }
+  }
+
   const config: Config = {
     host,
     port: integer("PORT", 8000, 0, 65535),
@@ -208,6 +221,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       requestBodyTimeoutMs: integer("REQUEST_BODY_TIMEOUT_MS", defaultServerLimits.requestBodyTimeoutMs, 100, 3_600_000),
       maxOpenWatches: integer("MAX_OPEN_WATCHES", defaultServerLimits.maxOpenWatches, 0, 1_000_000),
     },
+    corsAllowedOrigins,
   };
   if (config.workers > 1 && databaseUrl === undefined) {
     problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
@@ -222,4 +236,13 @@ export function isLoopback(host: string): boolean {
   if (address === "localhost") return true;
   if (isIP(address) === 4) return address.startsWith("127.");
   return isIP(address) === 6 && /^(0{0,4}:){1,7}0{0,3}1$/.test(address);
+}
+
+/** True for `scheme://host[:port]` exactly as a browser's Origin header carries it. */
+function isWebOrigin(value: string): boolean {
+  try {
+    return new URL(value).origin === value;
+  } catch {
+    return false;
+  }
 }

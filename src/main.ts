@@ -7,6 +7,7 @@
 import cluster from "node:cluster";
 import { Registry } from "prom-client";
 import { ConfigError, loadConfig, type Config } from "./config.js";
+import { DataDirInUseError } from "./db/data-dir-lock.js";
 import { openDatabase, type Database } from "./db/database.js";
 import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
 import { DatabaseHealth } from "./db/database-health.js";
@@ -48,6 +49,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     requestTimeoutMs: config.databaseTimeoutMs,
     serverLimits: config.serverLimits,
     ingestBatch: config.ingestBatch,
+    corsAllowedOrigins: config.corsAllowedOrigins,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.
@@ -127,7 +129,7 @@ try {
 }
 const log = createLogger({ level: config.logLevel, format: config.logFormat });
 main(config, log).catch((error: unknown) => {
-  if (error instanceof StartupError) log.fatal(error.message);
+  if (error instanceof StartupError || error instanceof DataDirInUseError) log.fatal(error.message);
   else log.fatal({ err: error }, "start-up failed");
   process.exit(1);
 });

@@ -58,4 +58,16 @@ describe("configuration", () => {
     expect(configProblems({ DATABASE_URL: "", WORKERS: "2" })).toEqual([expect.stringContaining("WORKERS above 1 needs DATABASE_URL")]);
     expect(configProblems({ DATABASE_URL: "postgres://db/aurora", WORKERS: "2" })).toEqual([]);
   });
+
+  it("reads CORS_ALLOWED_ORIGINS as browser origins, none by default", () => {
+    expect(loadConfig({}).corsAllowedOrigins).toEqual([]);
+    expect(loadConfig({ CORS_ALLOWED_ORIGINS: " https://app.example.com, http://localhost:5173 " }).corsAllowedOrigins).toEqual([
+      "https://app.example.com",
+      "http://localhost:5173",
+    ]);
+    expect(loadConfig({ CORS_ALLOWED_ORIGINS: "*" }).corsAllowedOrigins).toEqual(["*"]);
+    expect(() => loadConfig({ CORS_ALLOWED_ORIGINS: "https://app.example.com/,app.example.com" })).toThrow(
+      /CORS_ALLOWED_ORIGINS must list origins .* got "https:\/\/app\.example\.com\/"[\s\S]*got "app\.example\.com"/,
+    );
+  });
 });

@@ -130,11 +130,22 @@ describe("npm run migrate", () => {
     const after = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(after.output).toMatch(/applied\s+2026.01.03T00.03.ingest-events\npending\s+2026.01.04T00.01.ingest-event-external-id/);
     expect(after.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 1 pending)");
-  });
+    // Five processes, each opening the database: the embedded one takes seconds to boot on a busy machine.
+  }, 180_000);
 
-  it("rejects an unknown command with a non-zero exit", async () => {
+  it("rejects an unknown command with a non-zero exit and the usage, no stack trace", async () => {
     const result = await runScript("src/cli/migrate.ts", ["sideways"], env);
     expect(result.code).not.toBe(0);
     expect(result.output).toContain('unknown command "sideways"');
+    expect(result.output).toContain("usage: npm run migrate");
+    expect(result.output).not.toMatch(/\n\s+at /);
+  });
+
+  it("prints its usage for help", async () => {
+    for (const help of ["help", "--help"]) {
+      const result = await runScript("src/cli/migrate.ts", [help], env);
+      expect(result.code).toBe(0);
+      expect(result.output).toMatch(/^usage: npm run migrate \[-- <command>\]\n\n {2}up /);
+    }
   });
 });

@@ -1,10 +1,24 @@
 /**
- * `npm run migrate [-- up|down|status]`: applies, reverts the last, or lists
- * migrations against DATABASE_URL (or the embedded database when it is unset).
+ * `npm run migrate [-- up|down|status|help]`: applies, reverts the last, or
+ * lists migrations against DATABASE_URL (or the embedded database when it is
+ * unset, which a running service owns: then this refuses and says so).
  */
 import { ConfigError, loadConfig } from "../config.js";
+import { DataDirInUseError } from "../db/data-dir-lock.js";
 import { openDatabase } from "../db/database.js";
 import { createMigrator, describeSchema, schemaStatus } from "../db/migrator.js";
+
+const USAGE = `usage: npm run migrate [-- <command>]
+
+  up       apply every pending migration (the default; running it twice is harmless)
+  down     revert the last applied migration
+  status   list applied and pending migrations and the schema version
+  help     print this text
+
+The database is DATABASE_URL (PostgreSQL), or the embedded one in
+EMBEDDED_DATA_DIR (default data/pglite) when DATABASE_URL is unset.`;
+
+const COMMANDS = ["up", "down", "status"];
 
 async function main(command: string): Promise<void> {
   const config = loadConfig();
@@ -21,11 +35,9 @@ async function main(command: string): Promise<void> {
     } else if (command === "down") {
       const reverted = await migrator.down();
       console.log(reverted.length ? `reverted: ${reverted.map((m) => m.name).join(", ")}` : "nothing to revert");
-    } else if (command === "status") {
+    } else {
       for (const m of await migrator.executed()) console.log(`applied  ${m.name}`);
       for (const m of await migrator.pending()) console.log(`pending  ${m.name}`);
-    } else {
-      throw new Error(`unknown command "${command}": use up, down or status`);
     }
     console.log(`schema version: ${describeSchema(await schemaStatus(migrator))}`);
   } finally {
@@ -33,7 +45,15 @@ async function main(command: string): Promise<void> {
   }
 }
 
-main(process.argv[2] ?? "up").catch((error: unknown) => {
-  console.error(error instanceof ConfigError ? error.message : error);
-  process.exit(1);
-});
+const command = process.argv[2] ?? "up";
+if (["help", "--help", "-h"].includes(command)) {
+  console.log(USAGE);
+} else if (!COMMANDS.includes(command)) {
+  console.error(`unknown command "${command}"\n\n${USAGE}`);
+  process.exit(2);
+} else {
+  main(command).catch((error: unknown) => {
+    console.error(error instanceof ConfigError || error instanceof DataDirInUseError ? error.message : error);
+    process.exit(1);
+  });
+}

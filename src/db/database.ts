@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import pg from "pg";
 import { Sequelize } from "sequelize-typescript";
+import { lockDataDir } from "./data-dir-lock.js";
 import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
 import { IngestEvent } from "./models/IngestEvent.js";
@@ -57,6 +58,9 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
 
   const inMemory = target.dataDir.startsWith("memory://");
   if (!inMemory) await mkdir(target.dataDir, { recursive: true, mode: 0o700 });
+  // One process per folder: a second one would silently undo the first one's
+  // commits. (A failed open below keeps the lock until this process exits.)
+  const unlock = inMemory ? () => undefined : lockDataDir(target.dataDir);
   // Each commit is written to its files before it is acknowledged (never
   // relaxed), so a killed process loses nothing it acknowledged. PGlite does
   // not fsync, though: an operating system crash can lose recent commits.
@@ -78,6 +82,7 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
       await socketServer.stop();
       await pglite.close();
       await socket.remove();
+      unlock();
     },
   };
 }

@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { cors } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import corsMiddleware from "cors";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { defaultInputLimits, type InputLimits } from "../config.js";
@@ -9,14 +11,14 @@ import { deadlineInterceptor } from "../interceptors/request-deadline.js";
 import { validationInterceptors } from "../interceptors/validation.js";
 import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
-import { createRequestObserver } from "../observability/request-observer.js";
+import { createRequestObserver, REQUEST_ID_HEADER } from "../observability/request-observer.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
 import { acceptedCompressions } from "./compression.js";
+import { answerUnknownPath, withReadableErrors } from "./error-answers.js";
 import { limitRequestBodies } from "./request-size.js";
-import { withUndecodableAsInvalidArgument } from "./undecodable-requests.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -36,13 +38,16 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   requestTimeoutMs?: number;
   /** Longest a client may take to send a request body before it is answered `deadline_exceeded`. */
   bodyTimeoutMs: number;
+  /** Web origins whose pages may call the service (CORS); `*` for any; none or empty: no cross-origin access. */
+  corsAllowedOrigins?: string[];
 }
 
 /**
  * The one handler behind every connection, in the order a request meets it:
- * the observer (request id, log line, metrics), the bearer token (checked
- * before the body is read), the plain probes, then Connect, which serves the
- * RPCs and, answered in snake_case, `POST /ingest/message`.
+ * the observer (request id, log line, metrics), CORS (preflights answered
+ * here, before the token: browsers send none with them), the bearer token
+ * (checked before the body is read), the plain probes, then Connect, which
+ * serves the RPCs and, answered in snake_case, `POST /ingest/message`.
  */
 export function createRequestHandler(options: RequestHandlerOptions): (req: Request, res: Response) => void {
   // One log line and the metrics for every request; probes and scrapes log at debug.
@@ -59,11 +64,12 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
   const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
   // The service implementations are built once and registered on both adapters.
-  const registerRoutes = withUndecodableAsInvalidArgument(
-    routes({ ...options, ingestBatch: { ...options.ingestBatch, onBatch: (size) => options.metrics.ingestBatchSize.observe(size) } }),
+  const registerRoutes = routes({ ...options, ingestBatch: { ...options.ingestBatch, onBatch: (size) => options.metrics.ingestBatchSize.observe(size) } });
+  const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) =>
+    service.methods.map((method) => `/${service.typeName}/${method.name}`),
   );
+  const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];
   const adapterOptions = {
-    routes: limitRequestBodies(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs }),
     acceptCompression: acceptedCompressions,
     interceptors,
     contextValues: observer.contextValues,
@@ -73,19 +79,40 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   // JSON bodies must be UTF-8: a fatal decoder refuses other bytes
   // (invalid_argument) where the default one would store U+FFFD instead.
   // (textDecoder reaches Connect's JSON serialization, though its option type omits it.)
-  const jsonOptions = { ignoreUnknownFields: true, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
-  const connectHandler = connectNodeAdapter({ ...adapterOptions, jsonOptions });
+  // An unknown field is refused, not skipped: a mistyped `externalID` would
+  // otherwise drop the idempotency key without a word.
+  const jsonOptions = { ignoreUnknownFields: false, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
+  const connectHandler = connectNodeAdapter({
+    ...adapterOptions,
+    routes: limitRequestBodies(withReadableErrors(registerRoutes), { bodyTimeoutMs: options.bodyTimeoutMs }),
+    jsonOptions,
+    fallback: answerUnknownPath(servedPaths),
+  });
   // `POST /ingest/message` is the IngestMessage RPC over the Connect protocol,
   // answered in snake_case with every field present, the shape those gateways read.
   // Its statuses are plain HTTP's: 413 for a body too large, 408 for one too slow.
   const plainJsonHandler = connectNodeAdapter({
     ...adapterOptions,
-    routes: limitRequestBodies(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs, plainHttpStatuses: true }),
+    routes: limitRequestBodies(withReadableErrors(registerRoutes, { plainPath: PLAIN_INGEST_PATH }), {
+      bodyTimeoutMs: options.bodyTimeoutMs,
+      plainHttpStatuses: true,
+    }),
     jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true },
   });
+  // Browsers on the allowed origins may call every protocol a browser can
+  // speak (Connect, gRPC-Web), with a bearer token and a request id.
+  const origins = options.corsAllowedOrigins ?? [];
+  const allowCors = origins.length
+    ? corsMiddleware({
+        origin: origins.includes("*") ? "*" : origins,
+        methods: [...cors.allowedMethods],
+        allowedHeaders: [...cors.allowedHeaders, "Authorization", REQUEST_ID_HEADER],
+        exposedHeaders: [...cors.exposedHeaders, REQUEST_ID_HEADER],
+        maxAge: 7200,
+      })
+    : undefined;
 
-  return (req, res) => {
-    observer.begin(req, res);
+  const serve = (req: Request, res: Response) => {
     if (!authenticated(req)) return rejectUnauthenticated(req, res);
     if (probes(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
@@ -94,5 +121,11 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     } else {
       connectHandler(req, res);
     }
+  };
+  return (req, res) => {
+    observer.begin(req, res);
+    if (!allowCors) return serve(req, res);
+    // Answers a preflight itself; for any other request it adds the headers, then goes on.
+    allowCors(req, res, () => serve(req, res));
   };
 }

@@ -27,7 +27,7 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits">;
+} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -73,6 +73,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     tls: options.tls,
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,
+    corsAllowedOrigins: options.corsAllowedOrigins,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
