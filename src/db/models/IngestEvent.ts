@@ -50,4 +50,17 @@ export class IngestEvent extends Model {
   declare error: string | null;
 
   declare createdAt: Date;
+
+  /**
+   * The transaction that wrote the event (xid8, as text; '0' for events
+   * stored before the feed existed). Filled by the database's default: the
+   * feed's order is (feedXid, feedSeq), read below the snapshot horizon
+   * (docs/feed.md).
+   */
+  @Column({ type: "xid8", allowNull: false })
+  declare readonly feedXid: string;
+
+  /** Insertion order within the feed, from an identity column (bigint, as text). */
+  @Column({ type: DataType.BIGINT, allowNull: false })
+  declare readonly feedSeq: string;
 }
