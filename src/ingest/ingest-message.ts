@@ -1,6 +1,7 @@
 import { UniqueConstraintError } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { DuplicateConflictError } from "./errors.js";
+import type { FeedNotifier } from "../feed/feed-notifier.js";
 import type { IngestEventStatus } from "../db/models/IngestEvent.js";
 import { runPrepared, type PreparedStatement } from "../db/prepared-statement.js";
 import { metadataJson } from "./metadata-json.js";
@@ -9,6 +10,8 @@ import { senderIdentity, type ContactKey, type IdentityOptions } from "./identit
 /** What the command works with: the database, and the settings of the identity rules. */
 export interface IngestDependencies extends IdentityOptions {
   sequelize: Sequelize;
+  /** Told after each event this process commits, so the feed's watchers see it at once. */
+  feedNotifier?: FeedNotifier;
 }
 
 /** One inbound message, as the RPC handler hands it over (already validated). */
@@ -45,6 +48,12 @@ export interface IngestMessageResult {
  * docs/single-statement-ingest.md.
  */
 export async function ingestMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
+  const result = await storeMessage(dependencies, input);
+  if (!result.duplicate) dependencies.feedNotifier?.committed();
+  return result;
+}
+
+async function storeMessage(dependencies: IngestDependencies, input: IngestMessageInput): Promise<IngestMessageResult> {
   const { sequelize } = dependencies;
   const identity = senderIdentity(input.source, input.senderId, dependencies);
   const event = [input.source, input.senderId, input.content, metadataJson(input.metadata), input.externalId];

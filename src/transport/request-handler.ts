@@ -30,8 +30,10 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   metrics: Metrics;
   /** Request size limits; the defaults when omitted. */
   limits?: InputLimits;
-  /** Bearer tokens required on everything but health and readiness checks; none or empty: no authentication. */
+  /** Bearer tokens that may ingest; with `feedApiTokens`, required on everything but health and readiness checks. None at all: no authentication. */
   apiTokens?: string[];
+  /** Bearer tokens that may read the event feed. */
+  feedApiTokens?: string[];
   /** Longest a request may wait on the database before it is answered `Unavailable`. */
   requestTimeoutMs?: number;
   /** Longest a client may take to send a request body before it is answered `deadline_exceeded`. */
@@ -57,7 +59,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
-  const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
+  const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [] };
+  const checkToken = tokens.ingest.length + tokens.feed.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;
   // The service implementations are built once and registered on both adapters.
   const registerRoutes = withUndecodableAsInvalidArgument(routes(options));
   const adapterOptions = {
@@ -84,7 +87,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
 
   return (req, res) => {
     observer.begin(req, res);
-    if (!authenticated(req)) return rejectUnauthenticated(req, res);
+    const access = checkToken(req);
+    if (access !== "allowed") return rejectUnauthenticated(req, res, access);
     if (probes(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
       req.url = INGEST_MESSAGE_PATH;
