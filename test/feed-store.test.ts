@@ -75,6 +75,10 @@ describe(`the feed's store (${databaseKind})`, () => {
 
   it("pages from any position exactly to the end, with filters", async () => {
     for (const sender of ["p-1", "p-2", "p-3", "p-4"]) await insertEvent(sender);
+    // One transaction whose numbers cross from one digit to two: the order is numeric.
+    await database.sequelize.query("INSERT INTO crm_ingest_events (source, sender_id, content) SELECT 'web', 'batch-' || n, 'x' FROM generate_series(1, 12) AS n");
+    const { events: ordered } = await readFeed(database.sequelize, { after: null, limit: 1000 });
+    expect(ordered.map((event) => event.position.seq)).toEqual(ordered.map((_, i) => BigInt(i + 1)));
     const { events: all } = await readFeed(database.sequelize, { after: null, limit: 1000 });
     for (let i = 0; i < all.length; i++) {
       const rest = await readFeed(database.sequelize, { after: all[i].position, limit: 1000 });

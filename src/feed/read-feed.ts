@@ -57,8 +57,8 @@ export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): 
 
 /** The position of the last deliverable event (FEED_START when there is none): where "from now" starts. */
 export async function currentFeedPosition(sequelize: Sequelize): Promise<FeedPosition> {
-  const [row] = await runPrepared<{ feed_xid: string; feed_seq: string }>(sequelize, LAST_POSITION, []);
-  return row ? { xid: BigInt(row.feed_xid), seq: BigInt(row.feed_seq) } : FEED_START;
+  const [row] = await runPrepared<{ position_xid: string; position_seq: string }>(sequelize, LAST_POSITION, []);
+  return row ? { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) } : FEED_START;
 }
 
 /** One stored event by id, deliverable yet or not; undefined when there is none. */
@@ -67,8 +67,11 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
   return row && toFeedEvent(row);
 }
 
+// The position comes back as text (xid8 and bigint exceed a JS number) under
+// names of its own: an output column named feed_xid would be what ORDER BY
+// feed_xid sorts by, as text.
 const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at,
-  feed_xid::text AS feed_xid, feed_seq::text AS feed_seq`;
+  feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
 const READ_FEED: PreparedStatement = {
   name: "feed_read",
@@ -86,7 +89,7 @@ const READ_FEED: PreparedStatement = {
 const LAST_POSITION: PreparedStatement = {
   name: "feed_last_position",
   text: `
-    SELECT feed_xid::text AS feed_xid, feed_seq::text AS feed_seq FROM crm_ingest_events
+    SELECT feed_xid::text AS position_xid, feed_seq::text AS position_seq FROM crm_ingest_events
     WHERE feed_xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY feed_xid DESC, feed_seq DESC
     LIMIT 1`,
@@ -108,8 +111,8 @@ interface EventRow {
   status: IngestEventStatus;
   error: string | null;
   created_at: Date;
-  feed_xid: string;
-  feed_seq: string;
+  position_xid: string;
+  position_seq: string;
 }
 
 function toFeedEvent(row: EventRow): FeedEvent {
@@ -124,6 +127,6 @@ function toFeedEvent(row: EventRow): FeedEvent {
     status: row.status,
     error: row.error,
     createdAt: row.created_at,
-    position: { xid: BigInt(row.feed_xid), seq: BigInt(row.feed_seq) },
+    position: { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) },
   };
 }
