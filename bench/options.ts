@@ -11,8 +11,8 @@ export interface BenchOptions {
   concurrency: number;
   durationS: number;
   warmupS: number;
-  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once. */
-  scenarios: LoadMode[];
+  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once; `feed` is the event feed's section. */
+  scenarios: Scenario[];
   /** Each service scenario runs once per worker count. */
   workers: number[];
   /** Known senders the load draws from, and the share of messages from new ones. */
@@ -28,9 +28,14 @@ export interface BenchOptions {
   sampleMs: number;
   keep: boolean;
   label: string;
+  /** The feed section: watch streams open beside ingest, and the ingest rate of the latency probe. */
+  feedStreams: number;
+  feedRate: number;
 }
 
-const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect"];
+export type Scenario = LoadMode | "feed";
+
+const MODES: Scenario[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "feed"];
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const flags = new Map<string, string>();
@@ -90,10 +95,12 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     sampleMs: number("sample-ms", 1000, 50, 60_000),
     keep: flag("keep"),
     label: raw("label") ?? "",
+    feedStreams: number("feed-streams", 100, 0, 10_000),
+    feedRate: number("feed-rate", 50, 1, 10_000),
   };
   for (const name of flags.keys()) {
     const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "senders", "new-share", "preload", "preload-events",
-      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label"];
+      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label", "feed-streams", "feed-rate"];
     if (!known.includes(name)) problems.push(`unknown option --${name}`);
   }
   if (problems.length > 0) throw new Error(`bench: invalid options:\n  - ${problems.join("\n  - ")}`);

@@ -21,7 +21,8 @@ import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
 import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
-import { parseOptions, type BenchOptions } from "./options.js";
+import { listPageLatency, openWatchStreams, watchLatency } from "./feed.js";
+import { parseOptions, type BenchOptions, type Scenario } from "./options.js";
 import { machineCpu, processTree, sample } from "./proc.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
@@ -32,6 +33,8 @@ const API_TOKEN = randomBytes(24).toString("hex");
 /** One scenario's figures, as printed and written to the JSON file. */
 interface Row {
   scenario: LoadMode;
+  /** What else ran beside the load (the feed section's open watch streams). */
+  note?: string;
   workers: number | null;
   load: LoadResult;
   ratioToFloor: number | null;
@@ -70,12 +73,15 @@ async function main(): Promise<void> {
     if (beforeProblems.length) throw new Error(`database inconsistent before the run: ${beforeProblems.join("; ")}`);
 
     const rows: Row[] = [];
+    let feed: Record<string, unknown> | undefined;
     let run = 0;
-    const measure = async (scenario: LoadMode, server?: Server) => {
+    const measure = async (scenario: LoadMode, server?: Server, note?: string) => {
       run++;
-      process.stdout.write(`bench: ${scenario}${server ? ` workers=${server.workers}` : ""} ... `);
+      process.stdout.write(`bench: ${scenario}${server ? ` workers=${server.workers}` : ""}${note ? ` ${note}` : ""} ... `);
       const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
+      row.note = note;
       rows.push(row);
+      return row;
       const l = row.load;
       console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
     };
@@ -84,6 +90,10 @@ async function main(): Promise<void> {
     for (const group of groupScenarios(options.scenarios)) {
       if (group[0] === "sql") {
         await measure("sql");
+        continue;
+      }
+      if (group[0] === "feed") {
+        feed = await runFeed(benchUrl.toString(), options, measure);
         continue;
       }
       const reference = REFERENCE_SERVERS[group[0]];
@@ -99,7 +109,7 @@ async function main(): Promise<void> {
       for (const workers of options.workers) {
         const server = await startServer(benchUrl.toString(), workers, options.pool);
         try {
-          for (const scenario of group) await measure(scenario, server);
+          for (const scenario of group) await measure(scenario as LoadMode, server);
         } finally {
           await server.stop();
         }
@@ -120,6 +130,7 @@ async function main(): Promise<void> {
         const [first, middle, last] = [window[0], window[Math.floor(window.length / 2)], window.at(-1)];
         return `${label(r)} x${r.workers} ${first ?? "-"} / ${middle ?? "-"} / ${last ?? "-"}`;
       });
+    if (feed) console.log(`feed: ${JSON.stringify(feed)}`);
     if (memory.length) console.log(`server RSS MB in the measured window (first / middle / last sample): ${memory.join("; ")}`);
     const ok = rows.every((r) => r.checks.ok) && afterProblems.length === 0;
     console.log(
@@ -134,6 +145,7 @@ async function main(): Promise<void> {
       machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 2 ** 30), loadBefore, loadAfter: os.loadavg() },
       options: { ...options, serverUrl: `${serverUrl.hostname}:${serverUrl.port || 5432}` },
       floorRps: floor,
+      feed,
       before: { ...before, problems: beforeProblems },
       after: { ...after, problems: afterProblems },
       rows,
@@ -204,10 +216,50 @@ const REFERENCE_SERVERS: Partial<Record<LoadMode, string>> = {
   "bare-connect": "bench/bare-connect-server.ts",
 };
 
+/**
+ * The event feed's section, on a server of its own: List page latency at
+ * random positions, watch latency (commit to receipt) at a fixed ingest
+ * rate, then Connect ingest throughput with no watch stream open and again
+ * with `feedStreams` open (each of which must receive every event stored
+ * meanwhile).
+ */
+async function runFeed(
+  databaseUrl: string,
+  options: BenchOptions,
+  measure: (scenario: LoadMode, server?: Server, note?: string) => Promise<Row>,
+): Promise<Record<string, unknown>> {
+  const server = await startServer(databaseUrl, 1, options.pool);
+  try {
+    process.stdout.write("bench: feed list pages ... ");
+    const list = await listPageLatency(server.baseUrl, API_TOKEN, databaseUrl, 200);
+    console.log(`${list.events} events stored, page of 100 p50 ${list.p50.toFixed(1)} ms, p99 ${list.p99.toFixed(1)} ms`);
+    process.stdout.write(`bench: feed watch latency at ${options.feedRate} events/s ... `);
+    const latency = await watchLatency(server.baseUrl, API_TOKEN, databaseUrl, options.feedRate, options.durationS * 1000);
+    const ms = (q: { p50: number; p99: number }) => `p50 ${q.p50.toFixed(1)} ms, p99 ${q.p99.toFixed(1)} ms`;
+    console.log(`same process ${ms(latency.sameProcess)}; other process ${ms(latency.otherProcess)}; ${latency.missing} missing`);
+    const without = await measure("connect", server, "0 watch streams");
+    const streams = openWatchStreams(server.baseUrl, API_TOKEN, options.feedStreams);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const beside = await measure("connect", server, `${options.feedStreams} watch streams`);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const { received, failures } = await streams.close();
+    const complete = received.filter((n) => n === beside.checks.eventsStored).length;
+    console.log(`bench: ${complete} of ${options.feedStreams} watch streams received all ${beside.checks.eventsStored} events stored; ${failures} failed`);
+    return {
+      listPage: list,
+      watchLatencyMs: latency,
+      throughput: { withoutStreams: without.load.rps, withStreams: beside.load.rps, ratio: beside.load.rps / without.load.rps },
+      streams: { open: options.feedStreams, complete, failures },
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
 /** `sql,grpc,route,bare,sql` -> [sql], [grpc, route], [bare], [sql]. */
-function groupScenarios(scenarios: LoadMode[]): LoadMode[][] {
-  const alone = (scenario: LoadMode) => scenario === "sql" || scenario in REFERENCE_SERVERS;
-  const groups: LoadMode[][] = [];
+function groupScenarios(scenarios: Scenario[]): Scenario[][] {
+  const alone = (scenario: Scenario) => scenario === "sql" || scenario === "feed" || scenario in REFERENCE_SERVERS;
+  const groups: Scenario[][] = [];
   for (const scenario of scenarios) {
     const last = groups.at(-1);
     if (!alone(scenario) && last && !alone(last[0])) last.push(scenario);
@@ -354,6 +406,8 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
       // As deployed: every request carries a bearer token; no TLS (terminated in front of the service).
       INGEST_API_TOKENS: API_TOKEN,
       INGEST_API_TOKENS_FILE: "",
+      FEED_API_TOKENS: API_TOKEN,
+      FEED_API_TOKENS_FILE: "",
       TLS_CERT_FILE: "",
       TLS_KEY_FILE: "",
       TLS_CLIENT_CA_FILE: "",
@@ -393,6 +447,10 @@ function startServer(databaseUrl: string, workers: number, poolMax: number, scri
 }
 
 function label(row: Row): string {
+  return `${baseLabel(row)}${row.note ? `, ${row.note}` : ""}`;
+}
+
+function baseLabel(row: Row): string {
   return { sql: "raw SQL floor", grpc: "gRPC", connect: "Connect JSON", route: "POST /ingest/message", bare: "bare node:http + pg", "bare-connect": "bare Connect + pg" }[row.scenario];
 }
 
