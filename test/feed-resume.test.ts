@@ -102,5 +102,7 @@ describe(`resuming a watch (${databaseKind})`, () => {
         expect(all.length - before.length).toBeGreaterThan(50);
       }
     },
+    // Two server starts and a few hundred ingests: slow on the embedded database of a busy machine.
+    240_000,
   );
 });

@@ -54,6 +54,7 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
   // Read once, when first needed (the database may be down at start-up).
   let identity: Promise<FeedIdentity> | undefined;
   const feedIdentity = () => (identity ??= loadFeedIdentity(sequelize).catch((error: unknown) => ((identity = undefined), Promise.reject(error))));
+  const shared = new WeakMap<FeedEvent, { ingestEvent: IngestEvent; resumeToken: string }>();
   const summary = (context: HandlerContext): FeedReadSummary => {
     const read: FeedReadSummary = { events: 0 };
     context.values.set(feedReadKey, read);
@@ -91,9 +92,16 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
       const read = summary(context);
       read.checkpoints = 0;
       for await (const item of feedHub.watch(start, filtersOf(request), context.signal)) {
-        if (item.event) read.events++;
-        else read.checkpoints!++;
-        yield { ingestEvent: item.event && toProto(item.event), resumeToken: encodeResumeToken(keys, item.position) };
+        if (!item.event) {
+          read.checkpoints!++;
+          yield { resumeToken: encodeResumeToken(keys, item.position) };
+          continue;
+        }
+        read.events++;
+        // Every watcher of this process gets the same event object: convert and sign it once.
+        let converted = shared.get(item.event);
+        if (!converted) shared.set(item.event, (converted = { ingestEvent: toProto(item.event), resumeToken: encodeResumeToken(keys, item.position) }));
+        yield converted;
       }
     },
   };
