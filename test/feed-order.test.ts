@@ -161,9 +161,10 @@ describe(`commit order (${databaseKind})`, () => {
     // Committed events become deliverable once every older transaction of
     // the cluster ended (other databases' included).
     let listing: string[] = [];
-    const poll = setInterval(async () => (listing = await listAllIds(client, 7)), 100);
-    await waitFor(() => listing.length >= start.length + committed.size, 30_000).catch(() => undefined);
-    clearInterval(poll);
+    for (let waited = 0; waited < 30_000 && listing.length < start.length + committed.size; waited += 100) {
+      listing = await listAllIds(client, 7);
+      if (listing.length < start.length + committed.size) await sleep(100);
+    }
     listing = await listAllIds(client, 7);
     const fresh = listing.slice(start.length);
     expect(listing.slice(0, start.length)).toEqual(start);

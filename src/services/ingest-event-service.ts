@@ -89,11 +89,11 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
     async *watchIngestEvents(request, context) {
       const keys = await feedIdentity();
       const start = request.resumeToken ? decodeResumeToken(keys, request.resumeToken) : request.start === Start.NOW ? "now" : FEED_START;
-      const read = summary(context);
-      read.checkpoints = 0;
+      const read = { ...summary(context), checkpoints: 0 };
+      context.values.set(feedReadKey, read);
       for await (const item of feedHub.watch(start, filtersOf(request), context.signal)) {
         if (!item.event) {
-          read.checkpoints!++;
+          read.checkpoints++;
           yield { resumeToken: encodeResumeToken(keys, item.position) };
           continue;
         }

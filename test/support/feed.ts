@@ -1,10 +1,6 @@
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import {
-  IngestEventService,
-  type WatchIngestEventsRequest,
-  type WatchIngestEventsResponse,
-} from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestEventService, type WatchIngestEventsResponse } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { WatchIngestEventsRequestSchema } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
@@ -51,7 +47,7 @@ export function openWatch(
   const responses: WatchIngestEventsResponse[] = [];
   const ended = (async () => {
     try {
-      for await (const response of client.watchIngestEvents(request as WatchIngestEventsRequest, { signal: controller.signal })) {
+      for await (const response of client.watchIngestEvents(request, { signal: controller.signal })) {
         responses.push(response);
         onResponse?.(response);
       }
