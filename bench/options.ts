@@ -7,7 +7,7 @@ import type { LoadMode } from "./load.js";
 
 /** A scenario of the run: a load mode, at the run's concurrency or its own (`route@1`). */
 export interface Scenario {
-  mode: LoadMode;
+  mode: LoadMode | "feed";
   concurrency: number;
 }
 
@@ -17,7 +17,7 @@ export interface BenchOptions {
   concurrency: number;
   durationS: number;
   warmupS: number;
-  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once; `mode@N` runs with N clients. */
+  /** Run in this order; `sql` is the raw-SQL floor and may appear more than once; `mode@N` runs with N clients; `feed` is the event feed's section. */
   scenarios: Scenario[];
   /** Each service scenario runs once per worker count. */
   workers: number[];
@@ -34,10 +34,13 @@ export interface BenchOptions {
   sampleMs: number;
   keep: boolean;
   label: string;
+  /** The feed section: watch streams open beside ingest, and the ingest rate of the latency probe. */
+  feedStreams: number;
+  feedRate: number;
 }
 
-const MODES: LoadMode[] = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc"];
-const DEFAULT_SCENARIOS = "sql,grpc,connect,route,route@1,bare,bare-connect,bare-connect@1,bare-grpc";
+const MODES: Array<LoadMode | "feed"> = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc", "feed"];
+const DEFAULT_SCENARIOS = "sql,grpc,connect,route,route@1,bare,bare-connect,bare-connect@1,bare-grpc,feed";
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {
   const flags = new Map<string, string>();
@@ -103,10 +106,12 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     sampleMs: number("sample-ms", 1000, 50, 60_000),
     keep: flag("keep"),
     label: raw("label") ?? "",
+    feedStreams: number("feed-streams", 100, 0, 10_000),
+    feedRate: number("feed-rate", 50, 1, 10_000),
   };
   for (const name of flags.keys()) {
     const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "senders", "new-share", "preload", "preload-events",
-      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label"];
+      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label", "feed-streams", "feed-rate"];
     if (!known.includes(name)) problems.push(`unknown option --${name}`);
   }
   if (problems.length > 0) throw new Error(`bench: invalid options:\n  - ${problems.join("\n  - ")}`);

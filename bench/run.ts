@@ -21,6 +21,7 @@ import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
 import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
+import { listPageLatency, openWatchStreams, watchLatency } from "./feed.js";
 import { parseOptions, type BenchOptions, type Scenario } from "./options.js";
 import { cpuBetween, cpuByPid, listeningPorts, machineCpu, processTree, sample } from "./proc.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
@@ -33,6 +34,8 @@ const API_TOKEN = randomBytes(24).toString("hex");
 interface Row {
   scenario: LoadMode;
   concurrency: number;
+  /** What else ran beside the load (the feed section's open watch streams). */
+  note?: string;
   workers: number | null;
   load: LoadResult;
   ratioToFloor: number | null;
@@ -75,12 +78,15 @@ async function main(): Promise<void> {
     if (beforeProblems.length) throw new Error(`database inconsistent before the run: ${beforeProblems.join("; ")}`);
 
     const rows: Row[] = [];
+    let feed: Record<string, unknown> | undefined;
     let run = 0;
-    const measure = async (scenario: Scenario, server?: Server) => {
+    const measure = async (scenario: Scenario, server?: Server, note?: string) => {
       run++;
-      process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""} ... `);
+      process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""}${note ? ` ${note}` : ""} ... `);
       const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
+      row.note = note;
       rows.push(row);
+      return row;
       const l = row.load;
       console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
     };
@@ -89,6 +95,10 @@ async function main(): Promise<void> {
     for (const group of groupScenarios(options.scenarios)) {
       if (group[0].mode === "sql") {
         await measure(group[0]);
+        continue;
+      }
+      if (group[0].mode === "feed") {
+        feed = await runFeed(benchUrl.toString(), options, measure);
         continue;
       }
       const reference = REFERENCE_SERVERS[group[0].mode];
@@ -130,6 +140,7 @@ async function main(): Promise<void> {
         const [first, middle, last] = [window[0], window[Math.floor(window.length / 2)], window.at(-1)];
         return `${label(r)} x${r.workers} ${first ?? "-"} / ${middle ?? "-"} / ${last ?? "-"}`;
       });
+    if (feed) console.log(`feed: ${JSON.stringify(feed)}`);
     if (memory.length) console.log(`server RSS MB in the measured window (first / middle / last sample): ${memory.join("; ")}`);
     const ok = rows.every((r) => r.checks.ok) && afterProblems.length === 0;
     console.log(
@@ -144,6 +155,7 @@ async function main(): Promise<void> {
       machine: { cores: os.cpus().length, cpu: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 2 ** 30), loadBefore, loadAfter: os.loadavg() },
       options: { ...options, serverUrl: `${serverUrl.hostname}:${serverUrl.port || 5432}` },
       floorRps: floor,
+      feed,
       before: { ...before, problems: beforeProblems },
       after: { ...after, problems: afterProblems },
       rows,
@@ -215,12 +227,59 @@ const REFERENCE_SERVERS: Partial<Record<LoadMode, string>> = {
   "bare-grpc": "bench/bare-connect-server.ts",
 };
 
+/**
+ * The event feed's section, on a server of its own: List page latency at
+ * random positions, watch latency (commit to receipt) at a fixed ingest
+ * rate, then Connect ingest throughput with no watch stream open and again
+ * with `feedStreams` open (each of which must receive every event stored
+ * meanwhile).
+ */
+async function runFeed(
+  databaseUrl: string,
+  options: BenchOptions,
+  measure: (scenario: Scenario, server?: Server, note?: string) => Promise<Row>,
+): Promise<Record<string, unknown>> {
+  const server = await startServer(databaseUrl, 1, options.pool);
+  try {
+    process.stdout.write("bench: feed list pages ... ");
+    const list = await listPageLatency(server.baseUrl, API_TOKEN, databaseUrl, 200);
+    console.log(`${list.events} events stored, page of 100 p50 ${list.p50.toFixed(1)} ms, p99 ${list.p99.toFixed(1)} ms`);
+    process.stdout.write(`bench: feed watch latency at ${options.feedRate} events/s ... `);
+    const latency = await watchLatency(server.baseUrl, API_TOKEN, databaseUrl, options.feedRate, options.durationS * 1000);
+    const ms = (q: { p50: number; p99: number }) => `p50 ${q.p50.toFixed(1)} ms, p99 ${q.p99.toFixed(1)} ms`;
+    console.log(`same process ${ms(latency.sameProcess)}; other process ${ms(latency.otherProcess)}; ${latency.missing} missing`);
+    const without = await measure({ mode: "connect", concurrency: options.concurrency }, server, "0 watch streams");
+    const streams = openWatchStreams(server.baseUrl, API_TOKEN, options.feedStreams);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const beside = await measure({ mode: "connect", concurrency: options.concurrency }, server, `${options.feedStreams} watch streams`);
+    // Streams may still be delivering the last events: give them up to 15 s.
+    const stored = beside.checks.eventsStored;
+    for (let waited = 0; waited < 15_000 && streams.received.some((n) => n < stored); waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const { received, failures } = await streams.close();
+    const complete = received.filter((n) => n === stored).length;
+    console.log(
+      `bench: ${complete} of ${options.feedStreams} watch streams received exactly the ${stored} events stored ` +
+        `(least ${Math.min(...received)}, most ${Math.max(...received)}); ${failures} failed`,
+    );
+    return {
+      listPage: list,
+      watchLatencyMs: latency,
+      throughput: { withoutStreams: without.load.rps, withStreams: beside.load.rps, ratio: beside.load.rps / without.load.rps },
+      streams: { open: options.feedStreams, complete, failures },
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
 /** The reference each service scenario is compared with: the same protocol on the Connect reference server. */
 const REFERENCE_OF: Partial<Record<LoadMode, LoadMode>> = { route: "bare-connect", connect: "bare-connect", grpc: "bare-grpc" };
 
 /** `sql,grpc,route,bare,sql` -> [sql], [grpc, route], [bare], [sql]. */
 function groupScenarios(scenarios: Scenario[]): Scenario[][] {
-  const alone = (scenario: Scenario) => scenario.mode === "sql" || scenario.mode in REFERENCE_SERVERS;
+  const alone = (scenario: Scenario) => scenario.mode === "sql" || scenario.mode === "feed" || scenario.mode in REFERENCE_SERVERS;
   const groups: Scenario[][] = [];
   for (const scenario of scenarios) {
     const last = groups.at(-1);
@@ -238,12 +297,14 @@ async function runScenario(
   server: Server | undefined,
   tag: string,
 ): Promise<Row> {
+  if (scenario.mode === "feed") throw new Error("the feed section is run by runFeed");
+  const { mode } = scenario;
   const before = await counts(db);
   const batchesBefore = server?.service ? await batchHistogram(server.baseUrl) : undefined;
   const errorLinesBefore = server?.errorLines() ?? 0;
   const serverPids = server ? processTree(server.child.pid!) : [];
   const plan: LoadPlan = {
-    mode: scenario.mode,
+    mode,
     target: server?.baseUrl ?? databaseUrl,
     concurrency: scenario.concurrency,
     warmupMs: options.warmupS * 1000,
@@ -320,7 +381,7 @@ async function runScenario(
   const seconds = (last.at - first.at) / 1000;
   const busyCores = machine.total ? (machine.busy / machine.total) * os.cpus().length : 0;
   return {
-    scenario: scenario.mode,
+    scenario: mode,
     concurrency: scenario.concurrency,
     workers: server?.workers ?? null,
     load: result,
@@ -376,6 +437,8 @@ async function startServer(databaseUrl: string, workers: number, poolMax: number
       // As deployed: every request carries a bearer token; no TLS (terminated in front of the service).
       INGEST_API_TOKENS: API_TOKEN,
       INGEST_API_TOKENS_FILE: "",
+      FEED_API_TOKENS: API_TOKEN,
+      FEED_API_TOKENS_FILE: "",
       TLS_CERT_FILE: "",
       TLS_KEY_FILE: "",
       TLS_CLIENT_CA_FILE: "",
@@ -479,7 +542,8 @@ function label(row: Row): string {
     "bare-connect": "bare Connect + pg",
     "bare-grpc": "bare Connect gRPC + pg",
   }[row.scenario];
-  return row.concurrency === tableConcurrency ? name : `${name}, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
+  const clients = row.concurrency === tableConcurrency ? "" : `, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
+  return `${name}${clients}${row.note ? `, ${row.note}` : ""}`;
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {

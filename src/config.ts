@@ -27,8 +27,15 @@ export interface Config {
   databaseTimeoutMs: number;
   /** How long shutdown waits for requests in flight. */
   shutdownGraceMs: number;
-  /** Bearer tokens that RPCs and `/ingest/message` accept; empty means no authentication. Never log these. */
+  /**
+   * Bearer tokens that may ingest (IngestService, `/ingest/message`). With
+   * `feedApiTokens`, empty both means no authentication. Never log these.
+   */
   apiTokens: string[];
+  /** Bearer tokens that may read the event feed (IngestEventService). A token in both lists may do both. */
+  feedApiTokens: string[];
+  /** How the event feed is served to watchers (src/feed/feed-hub.ts). */
+  feed: FeedConfig;
   /** TLS on the one port (PEM contents); with `clientCa`, clients must present a certificate it signed. */
   tls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
   /** Group commit: most messages written in one batch, and most batches written at once (docs/group-commit.md). */
@@ -65,6 +72,16 @@ export const defaultServerLimits: ServerLimits = {
   requestBodyTimeoutMs: 30_000,
   maxOpenWatches: 100,
 };
+
+/** How this process serves WatchIngestEvents. */
+export interface FeedConfig {
+  /** How often the feed is read while anyone watches: the bound on delivering another process's commits. */
+  pollIntervalMs: number;
+  /** How long a watch stream stays silent before it sends a checkpoint. */
+  checkpointIntervalMs: number;
+  /** Most watch streams open at once in this process. */
+  maxWatchStreams: number;
+}
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
 export interface InputLimits {
@@ -148,22 +165,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 
   // Comma- or line-separated; `#` starts a comment line in the file.
-  const tokenFile = file("INGEST_API_TOKENS_FILE");
-  const apiTokens = [env.INGEST_API_TOKENS ?? "", tokenFile?.toString("utf8") ?? ""]
-    .flatMap((list) => list.split(/[,\n]/))
-    .map((token) => token.trim())
-    .filter((token) => token !== "" && !token.startsWith("#"));
-  if ((env.INGEST_API_TOKENS || tokenFile) && apiTokens.length === 0) {
-    problems.push("INGEST_API_TOKENS / INGEST_API_TOKENS_FILE is set but holds no token");
-  }
-  // Named by position only: a token must never reach a log.
-  apiTokens.forEach((token, i) => {
-    if (token.length < 16 || /\s/.test(token)) problems.push(`API token #${i + 1} must be at least 16 characters with no spaces`);
-  });
+  const tokens = (name: string, label: string): string[] => {
+    const fromFile = file(`${name}_FILE`);
+    const list = [env[name] ?? "", fromFile?.toString("utf8") ?? ""]
+      .flatMap((text) => text.split(/[,\n]/))
+      .map((token) => token.trim())
+      .filter((token) => token !== "" && !token.startsWith("#"));
+    if ((env[name] || fromFile) && list.length === 0) problems.push(`${name} / ${name}_FILE is set but holds no token`);
+    // Named by position only: a token must never reach a log.
+    list.forEach((token, i) => {
+      if (token.length < 16 || /\s/.test(token)) problems.push(`${label} #${i + 1} must be at least 16 characters with no spaces`);
+    });
+    return list;
+  };
+  const apiTokens = tokens("INGEST_API_TOKENS", "API token");
+  const feedApiTokens = tokens("FEED_API_TOKENS", "feed API token");
 
   const allowUnauthenticated = oneOf("ALLOW_UNAUTHENTICATED", "false", ["true", "false"] as const);
   const host = env.HOST || "127.0.0.1";
-  if (!isLoopback(host) && apiTokens.length === 0 && allowUnauthenticated !== "true") {
+  if (!isLoopback(host) && apiTokens.length + feedApiTokens.length === 0 && allowUnauthenticated !== "true") {
     problems.push(
       `HOST=${host} is reachable from other machines but no API tokens are configured: set INGEST_API_TOKENS=<token>[,<token>...] ` +
         "or INGEST_API_TOKENS_FILE=<file with one token per line> (clients then send `Authorization: Bearer <token>`), " +
@@ -207,6 +227,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseTimeoutMs: integer("DATABASE_TIMEOUT_MS", 5_000, 100, 600_000),
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
     apiTokens,
+    feedApiTokens,
+    feed: {
+      pollIntervalMs: integer("FEED_POLL_INTERVAL_MS", 50, 5, 60_000),
+      checkpointIntervalMs: integer("FEED_CHECKPOINT_INTERVAL_MS", 15_000, 100, 3_600_000),
+      maxWatchStreams: integer("FEED_MAX_WATCH_STREAMS", 1_000, 1, 100_000),
+    },
     tls: cert && key ? { cert, key, clientCa } : undefined,
     ingestBatch: {
       maxBatch: integer("INGEST_BATCH_MAX", 64, 1, 10_000),

@@ -11,6 +11,7 @@ import { DataDirInUseError } from "./db/data-dir-lock.js";
 import { openDatabase, type Database } from "./db/database.js";
 import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
 import { DatabaseHealth } from "./db/database-health.js";
+import { FeedHub } from "./feed/feed-hub.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
 import { buildServer } from "./transport/server.js";
@@ -27,7 +28,7 @@ async function main(config: Config, log: Logger): Promise<void> {
   const readyLog = startLog.child({ schemaVersion: schema.version });
   const where = ({ address, port }: { address: string; port: number }) =>
     `${config.tls ? "https" : "http"}://${address.includes(":") ? `[${address}]` : address}:${port} ` +
-    `(${database.description}, schema ${describeSchema(schema)}, ${config.apiTokens.length ? "bearer tokens" : "no authentication"})`;
+    `(${database.description}, schema ${describeSchema(schema)}, ${config.apiTokens.length + config.feedApiTokens.length ? "bearer tokens" : "no authentication"})`;
   if (cluster.isPrimary && config.workers > 1) {
     await database.close();
     const address = await startWorkers(config.workers, (message) => readyLog.info(message));
@@ -36,15 +37,24 @@ async function main(config: Config, log: Logger): Promise<void> {
   }
 
   const health = new DatabaseHealth({ sequelize: database.sequelize, log });
-  const metrics = createMetrics(new Registry(), database.sequelize);
+  const feedHub = new FeedHub({
+    sequelize: database.sequelize,
+    log,
+    pollIntervalMs: config.feed.pollIntervalMs,
+    checkpointIntervalMs: config.feed.checkpointIntervalMs,
+    maxWatches: config.feed.maxWatchStreams,
+  });
+  const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
     health,
+    feedHub,
     log,
     metrics,
     limits: config.limits,
     apiTokens: config.apiTokens,
+    feedApiTokens: config.feedApiTokens,
     tls: config.tls,
     requestTimeoutMs: config.databaseTimeoutMs,
     serverLimits: config.serverLimits,

@@ -51,13 +51,14 @@ describe(`health (${databaseKind})`, () => {
   it("answers SERVING over gRPC and 200 on /healthz and /readyz while the database answers", async () => {
     expect(await check()).toBe(ServingStatus.SERVING);
     expect((await health.check({ service: "aurora.crm.v1.IngestService" })).status).toBe(ServingStatus.SERVING);
+    expect((await health.check({ service: "aurora.crm.v1.IngestEventService" })).status).toBe(ServingStatus.SERVING);
     expect(await probe("/healthz")).toEqual({ status: 200, body: { status: "alive" } });
     expect(await probe("/readyz")).toEqual({
       status: 200,
       body: {
         ready: true,
         database: "reachable",
-        schemaVersion: "2026.01.04T00.01.ingest-event-external-id",
+        schemaVersion: "2026.01.05T00.01.ingest-event-feed",
         pendingMigrations: 0,
         shuttingDown: false,
       },
@@ -110,7 +111,7 @@ describe(`health (${databaseKind})`, () => {
     try {
       expect(await probe("/readyz")).toMatchObject({
         status: 503,
-        body: { ready: false, database: "reachable", schemaVersion: "2026.01.03T00.03.ingest-events", pendingMigrations: 1 },
+        body: { ready: false, database: "reachable", schemaVersion: "2026.01.04T00.01.ingest-event-external-id", pendingMigrations: 1 },
       });
       expect(await check()).toBe(ServingStatus.SERVING);
     } finally {

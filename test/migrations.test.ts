@@ -50,8 +50,9 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.03T00.02.contacts-deals",
       "2026.01.03T00.03.ingest-events",
       "2026.01.04T00.01.ingest-event-external-id",
+      "2026.01.05T00.01.ingest-event-feed",
     ]);
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
     expect(await indexes("crm_contacts")).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/UNIQUE INDEX crm_contacts_whatsapp_id_key .*\(whatsapp_id\)/),
@@ -61,8 +62,16 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await indexes("crm_ingest_events")).toEqual(
       expect.arrayContaining([expect.stringMatching(/UNIQUE INDEX crm_ingest_events_source_external_id_key .*\(source, external_id\)/)]),
     );
+    expect(await indexes("crm_ingest_events")).toEqual(
+      expect.arrayContaining([expect.stringMatching(/UNIQUE INDEX crm_ingest_events_feed_position_key .*\(feed_xid, feed_seq\)/)]),
+    );
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await columns("crm_ingest_events")).not.toContain("feed_xid");
+    expect(await columns("crm_ingest_events")).not.toContain("feed_seq");
+    expect((await indexes("crm_ingest_events")).join("\n")).not.toContain("feed_");
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
     await migrator.down();
     expect(await columns("crm_ingest_events")).not.toContain("external_id");
     expect((await indexes("crm_ingest_events")).join("\n")).not.toContain("external_id");
@@ -71,11 +80,11 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(3);
+    expect((await migrator.pending()).length).toBe(4);
 
     await migrator.up();
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_ingest_events"]);
-    expect(await columns("crm_ingest_events")).toContain("external_id");
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
+    expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq"]));
   });
 
   it("refuse a status outside RECEIVED, LINKED and ERROR", async () => {
@@ -109,7 +118,7 @@ describe("npm run migrate", () => {
     const first = await runScript("src/cli/migrate.ts", [], env);
     expect(first.code).toBe(0);
     expect(first.output).toContain(
-      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id",
+      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id, 2026.01.05T00.01.ingest-event-feed",
     );
     expect(first.output).not.toMatch(/password/i);
 
@@ -119,17 +128,17 @@ describe("npm run migrate", () => {
 
     const status = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(status.output).toMatch(
-      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id/,
+      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed/,
     );
     const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
-    expect(status.output).toContain("schema version: 2026.01.04T00.01.ingest-event-external-id (3 applied, 0 pending)");
+    expect(status.output).toContain("schema version: 2026.01.05T00.01.ingest-event-feed (4 applied, 0 pending)");
 
     const down = await runScript("src/cli/migrate.ts", ["down"], env);
-    expect(down.output).toContain("reverted: 2026.01.04T00.01.ingest-event-external-id");
+    expect(down.output).toContain("reverted: 2026.01.05T00.01.ingest-event-feed");
     const after = await runScript("src/cli/migrate.ts", ["status"], env);
-    expect(after.output).toMatch(/applied\s+2026.01.03T00.03.ingest-events\npending\s+2026.01.04T00.01.ingest-event-external-id/);
-    expect(after.output).toContain("schema version: 2026.01.03T00.03.ingest-events (2 applied, 1 pending)");
+    expect(after.output).toMatch(/applied\s+2026.01.04T00.01.ingest-event-external-id\npending\s+2026.01.05T00.01.ingest-event-feed/);
+    expect(after.output).toContain("schema version: 2026.01.04T00.01.ingest-event-external-id (3 applied, 1 pending)");
     // Five processes, each opening the database: the embedded one takes seconds to boot on a busy machine.
   }, 180_000);
 

@@ -56,8 +56,12 @@ async function described(table: string): Promise<Description> {
 }
 
 /** PostgreSQL's name for a Sequelize data type, as format_type() prints it. */
-function typeName(type: { key: string; options?: { precision?: number; scale?: number } }): string {
+function typeName(type: string | { key: string; options?: { precision?: number; scale?: number } }): string {
+  // A type Sequelize has no name for (xid8) is given as PostgreSQL's own.
+  if (typeof type === "string") return type;
   switch (type.key) {
+    case "BIGINT":
+      return "bigint";
     case "UUID":
       return "uuid";
     case "TEXT":
@@ -89,7 +93,7 @@ function modelled(model: ModelStatic<Model>): Description {
   const foreignKeys: Description["foreignKeys"] = {};
   for (const attribute of attributes) {
     const field = attribute.field!;
-    const type = typeName(attribute.type as never);
+    const type = typeName(attribute.type);
     columns[field] = {
       type,
       nullable: attribute.primaryKey ? false : attribute.allowNull !== false,

@@ -22,6 +22,7 @@ async function bufCurl(...args: string[]): Promise<string> {
 }
 
 const SERVICES = [
+  "aurora.crm.v1.IngestEventService",
   "aurora.crm.v1.IngestService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",

@@ -40,8 +40,8 @@ describe("npm start", () => {
     const listening = lines.findIndex((line) => /listening on/.test(line.msg));
     expect(listening).toBeGreaterThan(0);
     for (const line of lines.slice(0, listening + 1)) expect(line.database).toBe(`embedded ${dataDir}`);
-    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.04T00.01.ingest-event-external-id" });
-    expect(lines[listening].msg).toContain("schema 2026.01.04T00.01.ingest-event-external-id (3 applied, 0 pending)");
+    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.05T00.01.ingest-event-feed" });
+    expect(lines[listening].msg).toContain("schema 2026.01.05T00.01.ingest-event-feed (4 applied, 0 pending)");
 
     service.child.kill("SIGTERM");
     expect(await exited).toBe(0);
@@ -63,7 +63,7 @@ describe("npm start", () => {
       database = await createTestDatabase({ migrate: false, poolMax: 1 });
       const result = await runScript("src/main.ts", [], { DATABASE_URL: database.url, PORT: "0" });
       expect(result.code).toBe(1);
-      expect(result.output).toContain("3 pending migration(s)");
+      expect(result.output).toContain("4 pending migration(s)");
       expect(result.output).toContain("npm run migrate");
     });
   });

@@ -1,6 +1,7 @@
 import { DatabaseError, Op, QueryTypes, UniqueConstraintError, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { DuplicateConflictError } from "./errors.js";
+import type { FeedNotifier } from "../feed/feed-notifier.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
 import { senderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
@@ -11,6 +12,8 @@ export interface IngestDependencies extends IdentityOptions {
   sequelize: Sequelize;
   /** Group commit settings; defaults: batches of up to 64, 2 at a time. */
   ingestBatch?: Partial<BatcherOptions>;
+  /** Told after each event this process commits, so the feed's watchers see it at once. */
+  feedNotifier?: FeedNotifier;
 }
 
 /** One inbound message, as the RPC handler hands it over (already validated). */
@@ -57,7 +60,13 @@ export const DEFAULT_INGEST_BATCH: Pick<BatcherOptions, "maxBatch" | "maxInFligh
  */
 export function createIngestMessage(dependencies: IngestDependencies): IngestMessage {
   const { sequelize } = dependencies;
-  const batcher = new IngestBatcher<PendingEvent, IngestMessageResult>((events) => storeEvents(sequelize, events), {
+  // Once a batch committed, the feed's watchers in this process are woken at once.
+  const store = async (events: PendingEvent[]) => {
+    const results = await storeEvents(sequelize, events);
+    if (results.some((result) => !(result instanceof Error) && !result.duplicate)) dependencies.feedNotifier?.committed();
+    return results;
+  };
+  const batcher = new IngestBatcher<PendingEvent, IngestMessageResult>(store, {
     ...DEFAULT_INGEST_BATCH,
     ...dependencies.ingestBatch,
   });

@@ -2,6 +2,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ConnectionError, DatabaseError } from "sequelize";
 import { DuplicateConflictError } from "../ingest/errors.js";
 import { requestLoggerKey, type Logger } from "../observability/logger.js";
+import { FeedClosedError, FeedWatchLimitError, IngestEventNotFoundError, InvalidFeedTokenError } from "../feed/errors.js";
 
 /** The database did not answer a request within the configured time. */
 export class DatabaseTimeoutError extends Error {
@@ -19,6 +20,10 @@ export class DatabaseTimeoutError extends Error {
 export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
+  if (error instanceof InvalidFeedTokenError) return new ConnectError(error.message, Code.InvalidArgument);
+  if (error instanceof IngestEventNotFoundError) return new ConnectError(error.message, Code.NotFound);
+  if (error instanceof FeedWatchLimitError) return new ConnectError(error.message, Code.ResourceExhausted);
+  if (error instanceof FeedClosedError) return new ConnectError(error.message, Code.Unavailable);
   if (error instanceof DatabaseError) {
     const sqlState = String((error.original as { code?: string | number } | undefined)?.code ?? "");
     // Class 22 is "data exception": the value itself was refused (for

@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { INGEST_EVENT_STATUSES } from "../db/models/IngestEvent.js";
 
@@ -31,7 +32,7 @@ interface PoolCounts {
  * scraped) and Node's process defaults on `registry`. Never the global
  * registry: each server in a test process gets its own.
  */
-export function createMetrics(registry: Registry, sequelize?: Sequelize): Metrics {
+export function createMetrics(registry: Registry, sequelize?: Sequelize, feedHub?: { openWatches: number }): Metrics {
   const registers = [registry];
   const prefix = "aurora_ingest_";
   const metrics: Metrics = {
@@ -96,6 +97,69 @@ export function createMetrics(registry: Registry, sequelize?: Sequelize): Metric
     },
   });
 
+  new Gauge({
+    name: `${prefix}feed_watch_streams`,
+    help: "WatchIngestEvents streams open in this process.",
+    registers,
+    collect() {
+      this.set(feedHub?.openWatches ?? 0);
+    },
+  });
+  if (sequelize) registerFeedLag(sequelize, registers, prefix);
+
   collectDefaultMetrics({ register: registry });
   return metrics;
 }
+
+/**
+ * The feed's lag, read from the database when scraped. The feed delivers an
+ * event once every transaction older than its own has ended, anywhere in the
+ * database cluster: one long or idle-in-transaction session holds every
+ * event behind it (docs/feed.md, "A stalled feed").
+ */
+function registerFeedLag(sequelize: Sequelize, registers: Registry[], prefix: string): void {
+  let reading: Promise<FeedLag | undefined> | undefined;
+  // Both gauges come from one query per scrape.
+  const read = () =>
+    (reading ??= sequelize
+      .query<FeedLag>(FEED_LAG, { type: QueryTypes.SELECT })
+      .then(([row]) => row)
+      .catch(() => undefined)
+      .finally(() => setImmediate(() => (reading = undefined))));
+  new Gauge({
+    name: `${prefix}feed_undeliverable_events`,
+    help: "Events committed but not yet deliverable in the feed, because an older transaction is still open (counted up to 100000).",
+    registers,
+    async collect() {
+      const lag = await read();
+      this.set(lag ? Number(lag.undeliverable) : NaN);
+    },
+  });
+  new Gauge({
+    name: `${prefix}feed_horizon_age_seconds`,
+    help: "Age of the oldest open transaction that holds the feed's horizon (0 when none is open).",
+    registers,
+    async collect() {
+      const lag = await read();
+      this.set(lag ? Number(lag.horizon_age_seconds) : NaN);
+    },
+  });
+}
+
+interface FeedLag {
+  undeliverable: string;
+  horizon_age_seconds: string;
+}
+
+// Transactions holding the horizon are those with an xid (they wrote), in
+// any database of the cluster, and prepared transactions. Seeing other
+// roles' sessions in pg_stat_activity needs pg_read_all_stats.
+const FEED_LAG = `
+  SELECT
+    (SELECT count(*) FROM (
+       SELECT 1 FROM crm_ingest_events WHERE feed_xid >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT 100000
+     ) AS held) AS undeliverable,
+    coalesce(extract(epoch FROM clock_timestamp() - least(
+      (SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL),
+      (SELECT min(prepared) FROM pg_prepared_xacts)
+    )), 0) AS horizon_age_seconds`;

@@ -6,6 +6,7 @@ import { ConnectError, createContextKey, createContextValues, type ContextValues
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { ingestResultKey } from "../services/ingest-service.js";
+import { feedReadKey } from "../services/ingest-event-service.js";
 import { maskSenderId, requestLoggerKey, type Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
 
@@ -141,6 +142,9 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
       }
       try {
         const res = await next(req);
+        // Counts only; a stream's keep growing until its log line is written.
+        const feedRead = req.contextValues.get(feedReadKey);
+        if (feedRead) record.fields.feed = feedRead;
         const ingested = req.contextValues.get(ingestResultKey);
         if (ingested) {
           Object.assign(record.fields, { eventId: ingested.eventId, eventStatus: ingested.status });

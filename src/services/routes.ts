@@ -1,11 +1,14 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Sequelize } from "sequelize-typescript";
+import { IngestEventService } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import type { DatabaseHealth } from "../db/database-health.js";
+import type { FeedHub } from "../feed/feed-hub.js";
 import { createHealthService } from "./health-service.js";
 import type { PhoneRegion } from "../ingest/identity/phone-number.js";
 import type { BatcherOptions } from "../ingest/ingest-batcher.js";
+import { createIngestEventService } from "./ingest-event-service.js";
 import { createIngestService } from "./ingest-service.js";
 import { registerReflection } from "./reflection-service.js";
 import type { OpenStreams } from "./stream-limits.js";
@@ -20,17 +23,21 @@ export interface ServiceDependencies {
   streams: OpenStreams;
   /** Group commit of ingest writes (batch size, batches at once, batch-size observer). */
   ingestBatch?: Partial<BatcherOptions>;
+  /** This process's watch hub: serves WatchIngestEvents, and is told of each local commit. */
+  feedHub: FeedHub;
 }
 
 /** The services on the router, besides reflection, which lists them and itself. */
-export const SERVICES = [IngestService, Health];
+export const SERVICES = [IngestService, IngestEventService, Health];
 
 /** Builds the service implementations once; the function registers them on a Connect router (any number of times). */
 export function routes(dependencies: ServiceDependencies) {
-  const ingest = createIngestService(dependencies);
-  const health = createHealthService(dependencies.health, [IngestService.typeName], dependencies.streams);
+  const ingest = createIngestService({ ...dependencies, feedNotifier: dependencies.feedHub });
+  const ingestEvents = createIngestEventService(dependencies);
+  const health = createHealthService(dependencies.health, [IngestService.typeName, IngestEventService.typeName], dependencies.streams);
   return (router: ConnectRouter) => {
     router.service(IngestService, ingest);
+    router.service(IngestEventService, ingestEvents);
     router.service(Health, health);
     registerReflection(router, SERVICES);
   };

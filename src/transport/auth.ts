@@ -4,6 +4,8 @@ import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { IngestEventService } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -19,34 +21,68 @@ export const UNAUTHENTICATED_SERVICES: readonly string[] = ["grpc.health.v1.Heal
 const isOpen = (path: string) =>
   UNAUTHENTICATED_PATHS.includes(path) || UNAUTHENTICATED_SERVICES.some((service) => path.startsWith(`/${service}/`));
 
+/** What a token may do: send messages (`ingest`), or read the event feed (`feed`), which carries personal data. */
+export type Scope = "ingest" | "feed";
+
+/** Bearer tokens by scope; a token in both lists has both scopes. */
+export interface ApiTokens {
+  ingest: readonly string[];
+  feed: readonly string[];
+}
+
+/**
+ * The scope a path needs: `feed` for IngestEventService, `ingest` for
+ * IngestService and `/ingest/message`; undefined for what any valid token
+ * may call (reflection, `/metrics`).
+ */
+export function scopeOf(path: string): Scope | undefined {
+  if (path.startsWith(`/${IngestEventService.typeName}/`)) return "feed";
+  if (path === "/ingest/message" || path.startsWith(`/${IngestService.typeName}/`)) return "ingest";
+  return undefined;
+}
+
+/** The outcome of checking a request's token: allowed, no valid token, or a valid token without the scope. */
+export type TokenCheck = "allowed" | "unauthenticated" | "forbidden";
+
 /**
  * Returns a check of a request's `Authorization: Bearer <token>` header
- * against the configured tokens. Both sides are hashed to SHA-256 and
- * compared with `timingSafeEqual`, every token every time, so neither a
- * token's content nor its length shows in the response time.
+ * against the configured tokens and the scope its path needs. Both sides are
+ * hashed to SHA-256 and compared with `timingSafeEqual`, every token every
+ * time, so neither a token's content nor its length shows in the response time.
  */
-export function createTokenCheck(tokens: readonly string[]): (request: Request) => boolean {
+export function createTokenCheck(tokens: ApiTokens): (request: Request) => TokenCheck {
   const digest = (value: string) => createHash("sha256").update(value, "utf8").digest();
-  const expected = tokens.map(digest);
+  const scopes = new Map<string, Set<Scope>>();
+  for (const scope of ["ingest", "feed"] as const) {
+    for (const token of tokens[scope]) scopes.set(token, (scopes.get(token) ?? new Set()).add(scope));
+  }
+  const expected = [...scopes].map(([token, granted]) => ({ hash: digest(token), granted }));
   return (request) => {
     const path = request.url?.split("?")[0] ?? "";
-    if (isOpen(path)) return true;
+    if (isOpen(path)) return "allowed";
     const match = /^Bearer +(\S+) *$/i.exec(request.headers.authorization ?? "");
     const presented = digest(match?.[1] ?? "");
-    let valid = false;
-    for (const candidate of expected) valid = timingSafeEqual(candidate, presented) || valid;
-    return valid && match !== null;
+    let granted: Set<Scope> | undefined;
+    for (const candidate of expected) if (timingSafeEqual(candidate.hash, presented)) granted = candidate.granted;
+    if (!granted || match === null) return "unauthenticated";
+    const needed = scopeOf(path);
+    return needed === undefined || granted.has(needed) ? "allowed" : "forbidden";
   };
 }
 
 /**
- * Answers `Unauthenticated` in the protocol the client speaks, without
+ * Answers `Unauthenticated` (or, for a valid token without the scope the
+ * path needs, `PermissionDenied`) in the protocol the client speaks, without
  * reading the request body: gRPC and gRPC-Web get HTTP 200 with
- * `grpc-status: 16`; Connect and plain JSON clients get HTTP 401 with
- * `{"code":"unauthenticated"}`.
+ * `grpc-status: 16` (7); Connect and plain JSON clients get HTTP 401 (403)
+ * with `{"code":"unauthenticated"}` (`permission_denied`).
  */
-export function rejectUnauthenticated(request: Request, response: Response): void {
-  const error = new ConnectError("missing or invalid bearer token", Code.Unauthenticated);
+export function rejectUnauthenticated(request: Request, response: Response, outcome: "unauthenticated" | "forbidden" = "unauthenticated"): void {
+  const path = request.url?.split("?")[0] ?? "";
+  const error =
+    outcome === "forbidden"
+      ? new ConnectError(`this token may not ${scopeOf(path) === "feed" ? "read the event feed" : "ingest messages"}`, Code.PermissionDenied)
+      : new ConnectError("missing or invalid bearer token", Code.Unauthenticated);
   const contentType = request.headers["content-type"] ?? "";
   // An HTTP/1.1 connection is closed rather than kept to drain a stranger's body.
   if (request.httpVersionMajor === 1) response.setHeader("connection", "close");
@@ -59,8 +95,8 @@ export function rejectUnauthenticated(request: Request, response: Response): voi
     response.end();
     return;
   }
-  response.statusCode = 401;
+  response.statusCode = outcome === "forbidden" ? 403 : 401;
   response.setHeader("content-type", "application/json");
-  response.setHeader("www-authenticate", "Bearer");
+  if (outcome === "unauthenticated") response.setHeader("www-authenticate", "Bearer");
   response.end(JSON.stringify(errorToJson(error, undefined)));
 }

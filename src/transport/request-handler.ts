@@ -32,8 +32,10 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   metrics: Metrics;
   /** Request size limits; the defaults when omitted. */
   limits?: InputLimits;
-  /** Bearer tokens required on everything but health and readiness checks; none or empty: no authentication. */
+  /** Bearer tokens that may ingest; with `feedApiTokens`, required on everything but health and readiness checks. None at all: no authentication. */
   apiTokens?: string[];
+  /** Bearer tokens that may read the event feed. */
+  feedApiTokens?: string[];
   /** Longest a request may wait on the database before it is answered `Unavailable`. */
   requestTimeoutMs?: number;
   /** Longest a client may take to send a request body before it is answered `deadline_exceeded`. */
@@ -62,7 +64,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
-  const authenticated = options.apiTokens?.length ? createTokenCheck(options.apiTokens) : () => true;
+  const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [] };
+  const checkToken = tokens.ingest.length + tokens.feed.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;
   // The service implementations are built once and registered on both adapters.
   const registerRoutes = routes({ ...options, ingestBatch: { ...options.ingestBatch, onBatch: (size) => options.metrics.ingestBatchSize.observe(size) } });
   const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) =>
@@ -113,7 +116,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     : undefined;
 
   const serve = (req: Request, res: Response) => {
-    if (!authenticated(req)) return rejectUnauthenticated(req, res);
+    const access = checkToken(req);
+    if (access !== "allowed") return rejectUnauthenticated(req, res, access);
     if (probes(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
       req.url = INGEST_MESSAGE_PATH;

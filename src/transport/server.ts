@@ -90,6 +90,8 @@ export function buildServer(options: ServerOptions): IngestServer {
       // Health reports NOT_SERVING first; open watches say so and end.
       options.health.shutdown();
       streams.shutdown();
+      // Feed watch streams end now (Unavailable), so their clients resume elsewhere.
+      options.feedHub.close();
       return connections.drain(graceMs);
     },
   };

@@ -2,6 +2,7 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll } from "vitest";
 import type { InputLimits } from "../../src/config.js";
 import type { Sequelize } from "sequelize-typescript";
+import { FeedHub, type FeedHubOptions } from "../../src/feed/feed-hub.js";
 import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/db/database-health.js";
 import type { PhoneRegion } from "../../src/ingest/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
@@ -14,6 +15,7 @@ export interface TestServer {
   baseUrl: string;
   server: IngestServer;
   health: DatabaseHealth;
+  feedHub: FeedHub;
   metrics: Metrics;
   /** Every line the server logged (at every level), parsed, in order. */
   logLines: Array<Record<string, any>>;
@@ -27,7 +29,8 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins">;
+  feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
+} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -61,15 +64,18 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     },
   });
   const health = new DatabaseHealth({ sequelize: database.sequelize, log, ...options.health });
-  const metrics = createMetrics(new Registry(), database.sequelize);
+  const feedHub = new FeedHub({ sequelize: database.sequelize, log, ...options.feed });
+  const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
     health,
+    feedHub,
     log,
     metrics,
     limits: options.limits,
     apiTokens: options.apiTokens,
+    feedApiTokens: options.feedApiTokens,
     tls: options.tls,
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,
@@ -80,6 +86,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     baseUrl: `${options.tls ? "https" : "http"}://127.0.0.1:${address.port}`,
     server,
     health,
+    feedHub,
     metrics,
     logLines,
     logText: () => raw.join(""),

@@ -24,6 +24,8 @@ export type IngestEventStatus = (typeof INGEST_EVENT_STATUSES)[number];
     { name: "crm_ingest_events_status_idx", fields: ["status"] },
     // A retry with the same external_id stores nothing new.
     { name: "crm_ingest_events_source_external_id_key", unique: true, fields: ["source", "external_id"] },
+    // The feed's position, in commit order (docs/feed.md).
+    { name: "crm_ingest_events_feed_position_key", unique: true, fields: ["feed_xid", "feed_seq"] },
   ],
 })
 export class IngestEvent extends Model {
@@ -65,4 +67,17 @@ export class IngestEvent extends Model {
   /** The provider's message id or a client-chosen key, unique per source; null when the client sent none. */
   @Column({ type: DataType.TEXT, allowNull: true })
   declare externalId: string | null;
+
+  /**
+   * The transaction that wrote the event (xid8, as text; '0' for events
+   * stored before the feed existed). Filled by the database's default: the
+   * feed's order is (feedXid, feedSeq), read below the snapshot horizon
+   * (docs/feed.md).
+   */
+  @Column({ type: "xid8", allowNull: false, defaultValue: fn("pg_current_xact_id") })
+  declare readonly feedXid: string;
+
+  /** Insertion order within the feed, from an identity column (bigint, as text). */
+  @Column({ type: DataType.BIGINT, allowNull: false, autoIncrement: true })
+  declare readonly feedSeq: string;
 }

@@ -1,0 +1,273 @@
+import type { Sequelize } from "sequelize-typescript";
+import { FeedClosedError, FeedWatchLimitError } from "./errors.js";
+import type { Logger } from "../observability/logger.js";
+import type { FeedNotifier } from "./feed-notifier.js";
+import { comparePositions, laterPosition, type FeedFilters, type FeedPosition } from "./position.js";
+import { currentFeedPosition, readFeed, type FeedEvent } from "./read-feed.js";
+
+export interface FeedHubOptions {
+  sequelize: Sequelize;
+  log: Logger;
+  /** How often the feed is read while anyone watches, for commits by other processes. */
+  pollIntervalMs?: number;
+  /** How long a watch stays silent before it sends a checkpoint. */
+  checkpointIntervalMs?: number;
+  /** Most watches open at once in this process; more are refused. */
+  maxWatches?: number;
+  /** Most recent events kept in memory for watchers that fell a little behind. */
+  bufferEvents?: number;
+}
+
+/** One item of a watch: an event and the position after it, or a checkpoint (no event) at the current position. */
+export interface FeedItem {
+  event?: FeedEvent;
+  position: FeedPosition;
+}
+
+/** Where a watch starts: after a position, or after the last event deliverable now. */
+export type WatchStart = FeedPosition | "now";
+
+// Events read per statement, by the shared poll and by a watch catching up.
+const PAGE = 500;
+// Wake-ups by local commits are merged into at most one read per this many ms.
+const MIN_POLL_GAP_MS = 5;
+
+/**
+ * The feed as one process serves it to its watchers. While anyone watches,
+ * one shared poll reads the feed after the last event it saw (one statement
+ * per poll, whatever the number of watchers), at `pollIntervalMs` and at
+ * once when this process commits an event (`committed()`, the FeedNotifier).
+ * What it reads is kept in a bounded buffer that every watcher reads from.
+ *
+ * A watcher behind the buffer (resuming from an old token, or too slow to
+ * keep up) reads the feed on its own, page by page, until it reaches the
+ * buffer, and then shares the poll. Either way it delivers exactly the
+ * events after its position, in order: both paths read the same feed (see
+ * readFeed), and a watcher only ever moves forward from its own position.
+ */
+export class FeedHub implements FeedNotifier {
+  private readonly sequelize: Sequelize;
+  private readonly log: Logger;
+  readonly pollIntervalMs: number;
+  readonly checkpointIntervalMs: number;
+  readonly maxWatches: number;
+  private readonly bufferEvents: number;
+
+  private watches = 0;
+  private closed = false;
+  /** Set while polling: the position after the last event read, and the events in (bufferStart, tail]. */
+  private tail: FeedPosition | undefined;
+  private bufferStart: FeedPosition | undefined;
+  private buffer: FeedEvent[] = [];
+  private starting: Promise<void> | undefined;
+  private generation = 0;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private pollDue = 0;
+  private polling = false;
+  private pollAgain = false;
+  private lastPollStarted = 0;
+  private readonly waiters = new Set<() => void>();
+
+  constructor(options: FeedHubOptions) {
+    this.sequelize = options.sequelize;
+    this.log = options.log;
+    this.pollIntervalMs = options.pollIntervalMs ?? 50;
+    this.checkpointIntervalMs = options.checkpointIntervalMs ?? 15_000;
+    this.maxWatches = options.maxWatches ?? 1_000;
+    this.bufferEvents = options.bufferEvents ?? 10_000;
+  }
+
+  /** Watches open in this process. */
+  get openWatches(): number {
+    return this.watches;
+  }
+
+  /** A local commit: read the feed now rather than at the next poll. */
+  committed(): void {
+    if (this.tail === undefined || this.closed) return;
+    const wait = this.lastPollStarted + MIN_POLL_GAP_MS - Date.now();
+    if (wait <= 0) void this.poll();
+    else this.schedulePoll(wait);
+  }
+
+  /**
+   * Every event after `start` that matches `filters`, in commit order, each
+   * with its position, and a checkpoint after every `checkpointIntervalMs`
+   * without one; until `signal` aborts (the iterator then just ends) or the
+   * hub closes (FeedClosedError). Refuses with FeedWatchLimitError beyond
+   * `maxWatches`.
+   */
+  async *watch(start: WatchStart, filters: FeedFilters, signal: AbortSignal): AsyncGenerator<FeedItem> {
+    if (this.closed) throw new FeedClosedError();
+    if (this.watches >= this.maxWatches) throw new FeedWatchLimitError(this.maxWatches);
+    this.watches++;
+    try {
+      await this.start();
+      let position = start === "now" ? this.tail! : start;
+      let lastSent = Date.now();
+      while (!signal.aborted) {
+        if (this.closed) throw new FeedClosedError();
+        if (Date.now() - lastSent >= this.checkpointIntervalMs) {
+          yield { position };
+          lastSent = Date.now();
+          continue;
+        }
+        const fromBuffer = this.eventsAfter(position);
+        let items: FeedItem[];
+        if (fromBuffer) {
+          if (fromBuffer.length === 0) {
+            await this.changed(signal, lastSent + this.checkpointIntervalMs - Date.now());
+            continue;
+          }
+          items = fromBuffer.map((event) => ({ event, position: event.position }));
+        } else {
+          // Behind the buffer: read on our own. A page shorter than asked
+          // holds every deliverable event, so everything up to the poll's
+          // tail as it was before the read has been seen.
+          const tailBefore = this.tail!;
+          const page = await readFeed(this.sequelize, { after: position, limit: PAGE, filters });
+          items = page.events.map((event) => ({ event, position: event.position }));
+          if (page.events.length < PAGE) items.push({ position: laterPosition(page.position, tailBefore) });
+        }
+        for (const item of items) {
+          position = laterPosition(position, item.position);
+          if (item.event && matches(item.event, filters)) {
+            yield item;
+            lastSent = Date.now();
+            if (signal.aborted) return;
+          }
+        }
+      }
+    } finally {
+      if (--this.watches === 0) this.stop();
+    }
+  }
+
+  /** Ends every watch (FeedClosedError) and stops polling, at shutdown. */
+  close(): void {
+    this.closed = true;
+    this.stop();
+    for (const wake of this.waiters) wake();
+  }
+
+  /** The buffered events after `position`, or undefined when the buffer does not reach back that far. */
+  private eventsAfter(position: FeedPosition): FeedEvent[] | undefined {
+    if (this.bufferStart === undefined || comparePositions(position, this.bufferStart) < 0) return undefined;
+    // Binary search for the first event after `position`.
+    let low = 0;
+    let high = this.buffer.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (comparePositions(this.buffer[middle].position, position) <= 0) low = middle + 1;
+      else high = middle;
+    }
+    return this.buffer.slice(low);
+  }
+
+  /** Resolves when the poll read something new, the hub closes, `signal` aborts, or after `timeoutMs`. */
+  private changed(signal: AbortSignal, timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, timeoutMs));
+      this.waiters.add(done);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+
+  /** Starts the shared poll at the current end of the feed, once, for the first watcher. */
+  private start(): Promise<void> {
+    if (this.tail !== undefined) return Promise.resolve();
+    this.starting ??= (async () => {
+      const generation = this.generation;
+      try {
+        const position = await currentFeedPosition(this.sequelize);
+        if (generation !== this.generation || this.closed) return;
+        this.tail = this.bufferStart = position;
+        this.buffer = [];
+        this.schedulePoll(this.pollIntervalMs);
+      } finally {
+        this.starting = undefined;
+      }
+    })();
+    return this.starting.then(() => {
+      if (this.closed) throw new FeedClosedError();
+      if (this.tail === undefined) return this.start();
+    });
+  }
+
+  /** Stops polling and forgets the buffer, when the last watcher leaves. */
+  private stop(): void {
+    this.generation++;
+    clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
+    this.tail = this.bufferStart = undefined;
+    this.buffer = [];
+  }
+
+  private schedulePoll(delayMs: number): void {
+    const due = Date.now() + delayMs;
+    if (this.pollTimer) {
+      if (this.pollDue <= due) return;
+      clearTimeout(this.pollTimer);
+    }
+    this.pollDue = due;
+    this.pollTimer = setTimeout(() => {
+      this.pollTimer = undefined;
+      void this.poll();
+    }, delayMs);
+  }
+
+  private async poll(): Promise<void> {
+    if (this.polling) {
+      this.pollAgain = true;
+      return;
+    }
+    const generation = this.generation;
+    this.polling = true;
+    try {
+      do {
+        this.pollAgain = false;
+        this.lastPollStarted = Date.now();
+        if (this.tail === undefined) return;
+        const page = await readFeed(this.sequelize, { after: this.tail, limit: PAGE });
+        if (generation !== this.generation) return;
+        if (page.events.length > 0) this.append(page.events, page.position);
+        if (page.events.length === PAGE) this.pollAgain = true;
+      } while (this.pollAgain);
+    } catch (error) {
+      // The database is unreachable or slow: watchers wait (and send
+      // checkpoints), and the next poll tries again.
+      this.log.warn({ err: error }, "feed poll failed");
+    } finally {
+      this.polling = false;
+      // (A new generation may have started meanwhile and asked for a poll.)
+      if (!this.closed && this.tail !== undefined) this.schedulePoll(this.pollAgain ? 0 : this.pollIntervalMs);
+    }
+  }
+
+  private append(events: FeedEvent[], tail: FeedPosition): void {
+    this.buffer.push(...events);
+    this.tail = tail;
+    // Trimmed in steps of half the buffer, not on every append.
+    const excess = this.buffer.length - this.bufferEvents;
+    if (excess > this.bufferEvents / 2) {
+      this.bufferStart = this.buffer[excess - 1].position;
+      this.buffer = this.buffer.slice(excess);
+    }
+    for (const wake of [...this.waiters]) wake();
+  }
+}
+
+/** Whether an event passes a watch's filters. */
+export function matches(event: FeedEvent, filters: FeedFilters): boolean {
+  return (
+    (filters.source === undefined || event.source === filters.source) &&
+    (filters.contactId === undefined || event.contactId === filters.contactId) &&
+    (filters.status === undefined || event.status === filters.status)
+  );
+}

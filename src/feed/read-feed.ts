@@ -1,0 +1,128 @@
+import type { Sequelize } from "sequelize-typescript";
+import type { IngestEventStatus } from "../db/models/IngestEvent.js";
+import { QueryTypes } from "sequelize";
+import { FEED_START, type FeedFilters, type FeedPosition } from "./position.js";
+
+/** A stored event as the feed delivers it: every stored field, and its position. */
+export interface FeedEvent {
+  id: string;
+  source: string;
+  /** The sender exactly as received. */
+  senderId: string;
+  content: string;
+  metadata: Record<string, unknown>;
+  externalId: string | null;
+  contactId: string | null;
+  status: IngestEventStatus;
+  error: string | null;
+  createdAt: Date;
+  /** Where this event is in the feed; a consumer that processed it resumes after it. */
+  position: FeedPosition;
+}
+
+export interface ReadFeedOptions {
+  /** Read the events after this position; null for the beginning. */
+  after: FeedPosition | null;
+  /** The most events to return. */
+  limit: number;
+  filters?: FeedFilters;
+}
+
+/**
+ * Reads the next deliverable events after a position, in commit order, and
+ * the position after the last one returned (`after` when none was).
+ *
+ * Deliverable means written by a transaction below the horizon of this
+ * statement's own snapshot, `pg_snapshot_xmin(pg_current_snapshot())`: every
+ * such transaction has ended, so the set of events below it never changes
+ * again; an event whose transaction is still open, or that committed while an
+ * older transaction is still open, waits. Reading past a position therefore
+ * never skips an event that commits later (docs/feed.md). One statement,
+ * one index range scan on (feed_xid, feed_seq).
+ */
+export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): Promise<{ events: FeedEvent[]; position: FeedPosition }> {
+  const after = options.after ?? FEED_START;
+  const filters = options.filters ?? {};
+  const rows = await select<EventRow>(sequelize, READ_FEED, [
+    after.xid.toString(),
+    after.seq.toString(),
+    options.limit,
+    filters.source ?? null,
+    filters.contactId ?? null,
+    filters.status ?? null,
+  ]);
+  const events = rows.map(toFeedEvent);
+  return { events, position: events.at(-1)?.position ?? after };
+}
+
+/** The position of the last deliverable event (FEED_START when there is none): where "from now" starts. */
+export async function currentFeedPosition(sequelize: Sequelize): Promise<FeedPosition> {
+  const [row] = await select<{ position_xid: string; position_seq: string }>(sequelize, LAST_POSITION, []);
+  return row ? { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) } : FEED_START;
+}
+
+/** One stored event by id, deliverable yet or not; undefined when there is none. */
+export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<FeedEvent | undefined> {
+  const [row] = await select<EventRow>(sequelize, FIND_EVENT, [id]);
+  return row && toFeedEvent(row);
+}
+
+// The position comes back as text (xid8 and bigint exceed a JS number) under
+// names of its own: an output column named feed_xid would be what ORDER BY
+// feed_xid sorts by, as text.
+const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at,
+  feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
+
+const READ_FEED = `
+    SELECT ${COLUMNS} FROM crm_ingest_events
+    WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
+      AND feed_xid < pg_snapshot_xmin(pg_current_snapshot())
+      AND ($4::text IS NULL OR source = $4::text)
+      AND ($5::uuid IS NULL OR contact_id = $5::uuid)
+      AND ($6::text IS NULL OR status = $6::text)
+    ORDER BY feed_xid, feed_seq
+    LIMIT $3`;
+
+const LAST_POSITION = `
+    SELECT feed_xid::text AS position_xid, feed_seq::text AS position_seq FROM crm_ingest_events
+    WHERE feed_xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY feed_xid DESC, feed_seq DESC
+    LIMIT 1`;
+
+const FIND_EVENT = `SELECT ${COLUMNS} FROM crm_ingest_events WHERE id = $1::uuid`;
+
+/** Runs a read with bind parameters and returns its rows. */
+function select<Row extends object>(sequelize: Sequelize, sql: string, bind: unknown[]): Promise<Row[]> {
+  return sequelize.query<Row>(sql, { bind, type: QueryTypes.SELECT });
+}
+
+interface EventRow {
+  id: string;
+  source: string;
+  sender_id: string;
+  content: string;
+  metadata: Record<string, unknown>;
+  external_id: string | null;
+  contact_id: string | null;
+  status: IngestEventStatus;
+  error: string | null;
+  created_at: Date;
+  position_xid: string;
+  position_seq: string;
+}
+
+function toFeedEvent(row: EventRow): FeedEvent {
+  return {
+    id: row.id,
+    source: row.source,
+    senderId: row.sender_id,
+    content: row.content,
+    metadata: row.metadata,
+    externalId: row.external_id,
+    contactId: row.contact_id,
+    status: row.status,
+    error: row.error,
+    createdAt: row.created_at,
+    position: { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) },
+  };
+}

@@ -1,0 +1,131 @@
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Sequelize } from "sequelize-typescript";
+import {
+  IngestEventSchema,
+  WatchIngestEventsRequest_Start as Start,
+  type IngestEvent,
+  type IngestEventService,
+} from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestEventStatus } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import type { IngestEventStatus as StoredStatus } from "../db/models/IngestEvent.js";
+import { IngestEventNotFoundError } from "../feed/errors.js";
+import type { FeedHub } from "../feed/feed-hub.js";
+import {
+  decodePageToken,
+  decodeResumeToken,
+  encodePageToken,
+  encodeResumeToken,
+  FEED_START,
+  loadFeedIdentity,
+  type FeedFilters,
+  type FeedIdentity,
+} from "../feed/position.js";
+import { findFeedEvent, readFeed, type FeedEvent } from "../feed/read-feed.js";
+
+/** What the feed's handlers need: the database, and the process's watch hub. */
+export interface IngestEventDependencies {
+  sequelize: Sequelize;
+  feedHub: FeedHub;
+}
+
+/** What a feed read returned, for the request's log line: counts only, never personal data. */
+export interface FeedReadSummary {
+  events: number;
+  checkpoints?: number;
+}
+
+export const feedReadKey = createContextKey<FeedReadSummary | undefined>(undefined, { description: "what a feed read returned" });
+
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+
+const statusToProto: Record<StoredStatus, IngestEventStatus> = {
+  RECEIVED: IngestEventStatus.RECEIVED,
+  LINKED: IngestEventStatus.LINKED,
+  ERROR: IngestEventStatus.ERROR,
+};
+const statusFromProto = new Map(Object.entries(statusToProto).map(([stored, proto]) => [proto, stored as StoredStatus]));
+
+/** The IngestEventService handlers: map the request to a feed read, and the events back. */
+export function createIngestEventService(dependencies: IngestEventDependencies): ServiceImpl<typeof IngestEventService> {
+  const { sequelize, feedHub } = dependencies;
+  // Read once, when first needed (the database may be down at start-up).
+  let identity: Promise<FeedIdentity> | undefined;
+  const feedIdentity = () => (identity ??= loadFeedIdentity(sequelize).catch((error: unknown) => ((identity = undefined), Promise.reject(error))));
+  const shared = new WeakMap<FeedEvent, { ingestEvent: IngestEvent; resumeToken: string }>();
+  const summary = (context: HandlerContext): FeedReadSummary => {
+    const read: FeedReadSummary = { events: 0 };
+    context.values.set(feedReadKey, read);
+    return read;
+  };
+
+  return {
+    async getIngestEvent(request, context) {
+      const event = await findFeedEvent(sequelize, request.id);
+      if (!event) throw new IngestEventNotFoundError(request.id);
+      summary(context).events = 1;
+      return { ingestEvent: toProto(event) };
+    },
+
+    async listIngestEvents(request, context) {
+      const keys = await feedIdentity();
+      const filters = filtersOf(request);
+      const after = request.pageToken ? decodePageToken(keys, request.pageToken, filters) : FEED_START;
+      const pageSize = Math.min(request.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+      // One more than asked tells whether another page follows.
+      const { events } = await readFeed(sequelize, { after, limit: pageSize + 1, filters });
+      const page = events.slice(0, pageSize);
+      const position = page.at(-1)?.position ?? after;
+      summary(context).events = page.length;
+      return {
+        ingestEvents: page.map(toProto),
+        nextPageToken: events.length > pageSize ? encodePageToken(keys, position, filters) : "",
+        resumeToken: encodeResumeToken(keys, position),
+      };
+    },
+
+    async *watchIngestEvents(request, context) {
+      const keys = await feedIdentity();
+      const start = request.resumeToken ? decodeResumeToken(keys, request.resumeToken) : request.start === Start.NOW ? "now" : FEED_START;
+      const read = { ...summary(context), checkpoints: 0 };
+      context.values.set(feedReadKey, read);
+      for await (const item of feedHub.watch(start, filtersOf(request), context.signal)) {
+        if (!item.event) {
+          read.checkpoints++;
+          yield { resumeToken: encodeResumeToken(keys, item.position) };
+          continue;
+        }
+        read.events++;
+        // Every watcher of this process gets the same event object: convert and sign it once.
+        let converted = shared.get(item.event);
+        if (!converted) shared.set(item.event, (converted = { ingestEvent: toProto(item.event), resumeToken: encodeResumeToken(keys, item.position) }));
+        yield converted;
+      }
+    },
+  };
+}
+
+function filtersOf(request: { source: string; contactId: string; status: IngestEventStatus }): FeedFilters {
+  return {
+    ...(request.source && { source: request.source }),
+    ...(request.contactId && { contactId: request.contactId.toLowerCase() }),
+    ...(request.status !== IngestEventStatus.UNSPECIFIED && { status: statusFromProto.get(request.status) }),
+  };
+}
+
+function toProto(event: FeedEvent): IngestEvent {
+  return create(IngestEventSchema, {
+    id: event.id,
+    source: event.source,
+    senderId: event.senderId,
+    content: event.content,
+    metadata: event.metadata as JsonObject,
+    externalId: event.externalId ?? undefined,
+    contactId: event.contactId ?? "",
+    status: statusToProto[event.status],
+    error: event.error ?? "",
+    createdAt: timestampFromDate(event.createdAt),
+  });
+}

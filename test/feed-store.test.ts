@@ -1,0 +1,180 @@
+import pg from "pg";
+import { QueryTypes } from "sequelize";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createMigrator } from "../src/db/migrator.js";
+import {
+  decodePageToken,
+  decodeResumeToken,
+  encodePageToken,
+  encodeResumeToken,
+  FEED_START,
+  loadFeedIdentity,
+  type FeedIdentity,
+} from "../src/feed/position.js";
+import { InvalidFeedTokenError } from "../src/feed/errors.js";
+import { currentFeedPosition, readFeed } from "../src/feed/read-feed.js";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+
+let database: TestDatabase;
+
+beforeAll(async () => {
+  database = await createTestDatabase();
+});
+
+afterAll(async () => {
+  await database?.close();
+});
+
+/** Stores an event the way any writer would, naming none of the feed's columns. */
+async function insertEvent(sender: string, client?: pg.Client, createdAt?: string, target = database): Promise<string> {
+  const sql = `INSERT INTO crm_ingest_events (source, sender_id, content${createdAt ? ", created_at" : ""})
+               VALUES ('web', $1, 'x'${createdAt ? ", $2" : ""}) RETURNING id`;
+  const values = createdAt ? [sender, createdAt] : [sender];
+  if (client) return (await client.query<{ id: string }>(sql, values)).rows[0].id;
+  const [row] = await target.sequelize.query<{ id: string }>(sql, { bind: values, type: QueryTypes.SELECT });
+  return row.id;
+}
+
+async function feedSenders(target = database): Promise<string[]> {
+  const { events } = await readFeed(target.sequelize, { after: null, limit: 10_000 });
+  return events.map((event) => event.senderId);
+}
+
+async function client(): Promise<pg.Client> {
+  const connection = new pg.Client({ connectionString: database.url });
+  await connection.connect();
+  return connection;
+}
+
+describe(`the feed's store (${databaseKind})`, () => {
+  it("puts events stored before the feed existed first, by created_at then id, and new ones after", async () => {
+    const upgraded = await createTestDatabase({ migrate: false });
+    try {
+      const migrator = createMigrator(upgraded.sequelize);
+      await migrator.up({ to: "2026.01.04T00.01.ingest-event-external-id" });
+      await insertEvent("old-2", undefined, "2026-01-02T00:00:00Z", upgraded);
+      await insertEvent("old-1", undefined, "2026-01-01T00:00:00Z", upgraded);
+      await insertEvent("old-3", undefined, "2026-01-03T00:00:00Z", upgraded);
+      await migrator.up();
+
+      await insertEvent("new-1", undefined, undefined, upgraded);
+      await insertEvent("new-2", undefined, undefined, upgraded);
+      expect(await feedSenders(upgraded)).toEqual(["old-1", "old-2", "old-3", "new-1", "new-2"]);
+      const { events } = await readFeed(upgraded.sequelize, { after: null, limit: 10 });
+      expect(events.slice(0, 3).map((event) => event.position)).toEqual([
+        { xid: 0n, seq: 1n },
+        { xid: 0n, seq: 2n },
+        { xid: 0n, seq: 3n },
+      ]);
+      expect(events[3].position.xid).toBeGreaterThan(0n);
+      expect(events[3].position.seq).toBe(4n);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("pages from any position exactly to the end, with filters", async () => {
+    for (const sender of ["p-1", "p-2", "p-3", "p-4"]) await insertEvent(sender);
+    // One transaction whose numbers cross from one digit to two: the order is numeric.
+    await database.sequelize.query("INSERT INTO crm_ingest_events (source, sender_id, content) SELECT 'web', 'batch-' || n, 'x' FROM generate_series(1, 12) AS n");
+    const { events: ordered } = await readFeed(database.sequelize, { after: null, limit: 1000 });
+    expect(ordered.map((event) => event.position.seq)).toEqual(ordered.map((_, i) => BigInt(i + 1)));
+    const { events: all } = await readFeed(database.sequelize, { after: null, limit: 1000 });
+    for (let i = 0; i < all.length; i++) {
+      const rest = await readFeed(database.sequelize, { after: all[i].position, limit: 1000 });
+      expect(rest.events.map((event) => event.id)).toEqual(all.slice(i + 1).map((event) => event.id));
+    }
+    const page = await readFeed(database.sequelize, { after: null, limit: 2 });
+    expect(page.position).toEqual(all[1].position);
+    const empty = await readFeed(database.sequelize, { after: all.at(-1)!.position, limit: 2 });
+    expect(empty).toEqual({ events: [], position: all.at(-1)!.position });
+    expect(await currentFeedPosition(database.sequelize)).toEqual(all.at(-1)!.position);
+
+    const filtered = await readFeed(database.sequelize, { after: null, limit: 1000, filters: { source: "web", status: "RECEIVED" } });
+    expect(filtered.events).toHaveLength(all.length);
+    expect((await readFeed(database.sequelize, { after: null, limit: 1000, filters: { source: "email" } })).events).toEqual([]);
+  });
+
+  // The embedded database runs one transaction at a time, so there a later
+  // transaction cannot commit while an earlier one is open.
+  it.skipIf(databaseKind === "embedded")("holds back an event that commits while an older transaction is still open", async () => {
+    const [a, b] = [await client(), await client()];
+    try {
+      for (const outcome of ["COMMIT", "ROLLBACK"]) {
+        const before = await feedSenders();
+        await a.query("BEGIN");
+        await insertEvent(`A-${outcome}`, a);
+        await insertEvent(`B-${outcome}`, b); // commits on its own
+        expect(await feedSenders()).toEqual(before);
+        expect(await currentFeedPosition(database.sequelize)).toEqual((await readFeed(database.sequelize, { after: null, limit: 10_000 })).position);
+        await a.query(outcome);
+        expect(await feedSenders()).toEqual([...before, ...(outcome === "COMMIT" ? [`A-${outcome}`] : []), `B-${outcome}`]);
+      }
+    } finally {
+      await a.end();
+      await b.end();
+    }
+  });
+});
+
+describe("resume and page tokens", () => {
+  let identity: FeedIdentity;
+  beforeAll(async () => {
+    identity = await loadFeedIdentity(database.sequelize);
+  });
+  const position = { xid: 123_456_789_012n, seq: 42n };
+
+  const refusal = (decode: () => unknown): string => {
+    try {
+      decode();
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidFeedTokenError);
+      return (error as Error).message;
+    }
+    throw new Error("the token was accepted");
+  };
+
+  it("round-trip and are opaque, short, URL-safe strings", () => {
+    const token = encodeResumeToken(identity, position);
+    expect(token).toMatch(/^[A-Za-z0-9_-]{40,80}$/);
+    expect(decodeResumeToken(identity, token)).toEqual(position);
+    expect(decodeResumeToken(identity, encodeResumeToken(identity, FEED_START))).toEqual(FEED_START);
+    const filters = { source: "web", contactId: undefined, status: "LINKED" };
+    expect(decodePageToken(identity, encodePageToken(identity, position, filters), filters)).toEqual(position);
+  });
+
+  it("refuse malformed tokens, saying so", () => {
+    for (const token of ["", "x", "not a token!", "AAAA", encodeResumeToken(identity, position).slice(0, -2)]) {
+      expect(refusal(() => decodeResumeToken(identity, token))).toMatch(/^resume_token: .*malformed/);
+    }
+    // A page token is not a resume token, and the other way round.
+    expect(refusal(() => decodeResumeToken(identity, encodePageToken(identity, position, {})))).toMatch(/malformed/);
+    expect(refusal(() => decodePageToken(identity, encodeResumeToken(identity, position), {}))).toMatch(/^page_token: .*malformed/);
+  });
+
+  it("refuse a token whose position was changed or whose signature was forged", () => {
+    const bytes = Buffer.from(encodeResumeToken(identity, position), "base64url");
+    const changed = Buffer.from(bytes);
+    changed[20] ^= 1; // the seq
+    expect(refusal(() => decodeResumeToken(identity, changed.toString("base64url")))).toMatch(/invalid signature .*forged/);
+    const forged = Buffer.from(bytes);
+    forged[forged.length - 1] ^= 1;
+    expect(refusal(() => decodeResumeToken(identity, forged.toString("base64url")))).toMatch(/invalid signature/);
+  });
+
+  it("refuse a token from another database", async () => {
+    const other = await createTestDatabase();
+    try {
+      const foreign = encodeResumeToken(await loadFeedIdentity(other.sequelize), position);
+      expect(refusal(() => decodeResumeToken(identity, foreign))).toMatch(/another database/);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it("refuse a page token sent with other filters", () => {
+    const token = encodePageToken(identity, position, { source: "web" });
+    expect(refusal(() => decodePageToken(identity, token, { source: "email" }))).toMatch(/other filters/);
+    expect(refusal(() => decodePageToken(identity, token, {}))).toMatch(/other filters/);
+  });
+});
