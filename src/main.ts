@@ -5,6 +5,7 @@
  * one port.
  */
 import cluster from "node:cluster";
+import { diag, DiagLogLevel } from "@opentelemetry/api";
 import { Registry } from "prom-client";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DataDirInUseError } from "./db/data-dir-lock.js";
@@ -13,6 +14,7 @@ import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from 
 import { DatabaseHealth } from "./db/database-health.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
+import { createTracing, tracingDiagnostics } from "./observability/tracing.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 
@@ -37,6 +39,10 @@ async function main(config: Config, log: Logger): Promise<void> {
 
   const health = new DatabaseHealth({ sequelize: database.sequelize, log });
   const metrics = createMetrics(new Registry(), database.sequelize);
+  // The one global OpenTelemetry registration: the SDK's own warnings (a failed export) go to our log.
+  if (config.tracing) diag.setLogger(tracingDiagnostics(log), DiagLogLevel.WARN);
+  const tracing = config.tracing && (await createTracing(config.tracing));
+  if (tracing) log.info(`tracing on: spans exported over OTLP (${config.tracing!.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
@@ -50,6 +56,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     serverLimits: config.serverLimits,
     ingestBatch: config.ingestBatch,
     corsAllowedOrigins: config.corsAllowedOrigins,
+    tracing,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.
@@ -70,6 +77,8 @@ async function main(config: Config, log: Logger): Promise<void> {
     if (cutOff > 0) readyLog.warn(`${cutOff} request(s) still running after the grace period were cut off`);
     // Connections such requests still hold are not waited for past the grace period.
     await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
+    // Spans still batched are exported before the process ends.
+    await tracing?.shutdown();
     readyLog.info("stopped");
     process.exit(exitCode);
   };

@@ -27,7 +27,7 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins">;
+} & Pick<ServerOptions, "apiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -74,6 +74,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,
     corsAllowedOrigins: options.corsAllowedOrigins,
+    tracing: options.tracing,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
