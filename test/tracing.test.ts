@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { createServer } from "node:net";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,6 +11,7 @@ import { createTestDatabase, databaseKind, type TestDatabase } from "./support/d
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from "./support/otlp-receiver.js";
 import { startService } from "./support/process.js";
 import { startTestServer, type TestServer } from "./support/server.js";
+import { waitFor } from "./support/wait.js";
 
 const INGEST = "aurora.crm.v1.IngestService/IngestMessage";
 const SERVER = 2;
@@ -293,6 +295,36 @@ describe(`tracing in the running service (${databaseKind})`, () => {
       expect(span.resource).toMatchObject({ "service.name": "ingest-under-test", "deployment.environment.name": "test" });
       expect(receiver.contentTypes.at(-1)).toBe("application/x-protobuf");
       expect(service.output()).toContain(`"trace_id":"${caller.traceId}"`);
+    } finally {
+      service.child.kill("SIGKILL");
+    }
+  });
+
+  it("keeps serving when the collector cannot be reached, and says so in its log", async () => {
+    // A port that was just free: nothing listens there.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const { port } = closed.address() as { port: number };
+    await new Promise((resolve) => closed.close(resolve));
+
+    const service = await startService({
+      DATABASE_URL: database.url,
+      LOG_FORMAT: "json",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+      OTEL_EXPORTER_OTLP_TIMEOUT: "1000",
+    });
+    const exited = new Promise<number | null>((resolve) => service.child.once("exit", resolve));
+    try {
+      const response = await fetch(`${service.baseUrl}/ingest/message`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ source: "web", sender_id: "v", content: "oi" }),
+      });
+      expect(await response.json()).toMatchObject({ status: "persisted" });
+      await waitFor(() => /"level":40,[^\n]*"component":"opentelemetry"/.test(service.output()), 10_000);
+      service.child.kill("SIGTERM");
+      expect(await exited).toBe(0);
     } finally {
       service.child.kill("SIGKILL");
     }
