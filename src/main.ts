@@ -14,7 +14,7 @@ import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from 
 import { DatabaseHealth } from "./db/database-health.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
-import { createTracing, tracingDiagnostics } from "./observability/tracing.js";
+import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 
@@ -39,10 +39,13 @@ async function main(config: Config, log: Logger): Promise<void> {
 
   const health = new DatabaseHealth({ sequelize: database.sequelize, log });
   const metrics = createMetrics(new Registry(), database.sequelize);
-  // The one global OpenTelemetry registration: the SDK's own warnings (a failed export) go to our log.
-  if (config.tracing) diag.setLogger(tracingDiagnostics(log), DiagLogLevel.WARN);
-  const tracing = config.tracing && (await createTracing(config.tracing));
-  if (tracing) log.info(`tracing on: spans exported over OTLP (${config.tracing!.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
+  let tracing: Tracing | undefined;
+  if (config.tracing) {
+    // The one global OpenTelemetry registration: the SDK's own warnings (a failed export) go to our log.
+    diag.setLogger(tracingDiagnostics(log), DiagLogLevel.WARN);
+    tracing = await createTracing(config.tracing);
+    log.info(`tracing on: spans exported over OTLP (${config.tracing.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
+  }
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
