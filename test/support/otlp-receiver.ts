@@ -1,4 +1,4 @@
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 
@@ -40,10 +40,12 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   const bodies: Buffer[] = [];
   const contentTypes: string[] = [];
-  const server: Server = createServer(async (req, res) => {
+  const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
-    for await (const chunk of req) chunks.push(chunk as Buffer);
-    const body = Buffer.concat(chunks);
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => receive(req, res, Buffer.concat(chunks)));
+  });
+  const receive = (req: IncomingMessage, res: ServerResponse, body: Buffer) => {
     if (req.method !== "POST" || req.url !== "/v1/traces") {
       res.writeHead(404).end();
       return;
@@ -63,7 +65,7 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
     } catch (error) {
       res.writeHead(400).end(String(error));
     }
-  });
+  };
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   return {
