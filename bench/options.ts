@@ -21,6 +21,8 @@ export interface BenchOptions {
   scenarios: Scenario[];
   /** Each service scenario runs once per worker count. */
   workers: number[];
+  /** Each service scenario runs with tracing off, on (spans to a local OTLP sink), or both, in the order given. */
+  tracing: boolean[];
   /** Known senders the load draws from, and the share of messages from new ones. */
   senders: number;
   newShare: number;
@@ -96,6 +98,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
       return { mode, concurrency: clients === undefined ? concurrency : Number(clients) };
     }),
     workers: list("workers", "1,2", (s) => (/^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= 64 ? Number(s) : undefined)),
+    tracing: list("tracing", "off", (s) => ({ off: false, on: true })[s]),
     senders: number("senders", 10_000, 1, 10_000_000),
     newShare: number("new-share", 0.1, 0, 1, false),
     preloadEvents: number("preload-events", preload ? 1_000_000 : 0, 0, 100_000_000),
@@ -110,7 +113,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     feedRate: number("feed-rate", 50, 1, 10_000),
   };
   for (const name of flags.keys()) {
-    const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "senders", "new-share", "preload", "preload-events",
+    const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "tracing", "senders", "new-share", "preload", "preload-events",
       "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label", "feed-streams", "feed-rate"];
     if (!known.includes(name)) problems.push(`unknown option --${name}`);
   }

@@ -15,6 +15,8 @@ import { randomBytes } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { execFileSync } from "node:child_process";
 import pg from "pg";
@@ -37,6 +39,8 @@ interface Row {
   /** What else ran beside the load (the feed section's open watch streams). */
   note?: string;
   workers: number | null;
+  /** Whether the server exported spans (to the local OTLP sink). */
+  tracing: boolean;
   load: LoadResult;
   ratioToFloor: number | null;
   /** Throughput over the reference server's at the same concurrency (route and Connect: bare-connect; gRPC: bare-grpc). */
@@ -77,12 +81,13 @@ async function main(): Promise<void> {
     const beforeProblems = await integrity(db);
     if (beforeProblems.length) throw new Error(`database inconsistent before the run: ${beforeProblems.join("; ")}`);
 
+    const sink = options.tracing.includes(true) ? await startOtlpSink() : undefined;
     const rows: Row[] = [];
     let feed: Record<string, unknown> | undefined;
     let run = 0;
     const measure = async (scenario: Scenario, server?: Server, note?: string) => {
       run++;
-      process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""}${note ? ` ${note}` : ""} ... `);
+      process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""}${server?.tracing ? " tracing" : ""}${note ? ` ${note}` : ""} ... `);
       const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
       row.note = note;
       rows.push(row);
@@ -112,13 +117,19 @@ async function main(): Promise<void> {
         continue;
       }
       for (const workers of options.workers) {
-        const server = await startServer(benchUrl.toString(), workers, options.pool);
-        try {
-          for (const scenario of group) await measure(scenario, server);
-        } finally {
-          await server.stop();
+        for (const tracing of options.tracing) {
+          const server = await startServer(benchUrl.toString(), workers, options.pool, "src/main.ts", tracing ? sink!.endpoint : undefined);
+          try {
+            for (const scenario of group) await measure(scenario, server);
+          } finally {
+            await server.stop();
+          }
         }
       }
+    }
+    if (sink) {
+      console.log(`bench: the OTLP sink received ${sink.requests} export requests, ${(sink.bytes / 1024).toFixed(0)} KiB`);
+      await sink.close();
     }
 
     const floors = rows.filter((r) => r.scenario === "sql").map((r) => r.load.rps);
@@ -384,6 +395,7 @@ async function runScenario(
     scenario: mode,
     concurrency: scenario.concurrency,
     workers: server?.workers ?? null,
+    tracing: server?.tracing ?? false,
     load: result,
     ratioToFloor: null,
     ratioToReference: null,
@@ -413,6 +425,8 @@ interface Server {
   workers: number;
   /** The service itself (with its /metrics), not a reference server. */
   service: boolean;
+  /** Whether it exports spans (to the bench's OTLP sink). */
+  tracing: boolean;
   errorLines(): number;
   stop(): Promise<void>;
 }
@@ -424,7 +438,13 @@ interface Server {
  * found in /proc rather than in its log (so any LOG_LEVEL works). Lines
  * logged as errors are counted.
  */
-async function startServer(databaseUrl: string, workers: number, poolMax: number, script = "src/main.ts"): Promise<Server> {
+async function startServer(
+  databaseUrl: string,
+  workers: number,
+  poolMax: number,
+  script = "src/main.ts",
+  otlpEndpoint?: string,
+): Promise<Server> {
   const child = spawn(process.execPath, ["--import", "tsx", script], {
     cwd: root,
     env: {
@@ -442,6 +462,9 @@ async function startServer(databaseUrl: string, workers: number, poolMax: number
       TLS_CERT_FILE: "",
       TLS_KEY_FILE: "",
       TLS_CLIENT_CA_FILE: "",
+      // Tracing with the SDK's defaults (parent-based always-on sampler, batched export) when asked for, otherwise off.
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint ?? "",
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "",
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -472,6 +495,7 @@ async function startServer(databaseUrl: string, workers: number, poolMax: number
         baseUrl: `http://127.0.0.1:${port}`,
         workers,
         service: script === "src/main.ts",
+        tracing: otlpEndpoint !== undefined,
         errorLines: () => errorLines,
         async stop() {
           child.kill("SIGTERM");
@@ -483,6 +507,30 @@ async function startServer(databaseUrl: string, workers: number, poolMax: number
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/**
+ * What an OpenTelemetry Collector is to the service: an OTLP/HTTP endpoint
+ * that takes every export. This one only counts them, in the bench process.
+ */
+async function startOtlpSink(): Promise<{ endpoint: string; requests: number; bytes: number; close(): Promise<void> }> {
+  const counts = { requests: 0, bytes: 0 };
+  const server = createServer((req, res) => {
+    counts.requests++;
+    req.on("data", (chunk: Buffer) => (counts.bytes += chunk.length));
+    req.on("end", () => res.writeHead(200, { "content-type": "application/x-protobuf" }).end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get requests() {
+      return counts.requests;
+    },
+    get bytes() {
+      return counts.bytes;
+    },
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }
 
 /** True once anything answers HTTP at `url` (a reference server answers probes with an error, which is enough). */
@@ -542,8 +590,9 @@ function label(row: Row): string {
     "bare-connect": "bare Connect + pg",
     "bare-grpc": "bare Connect gRPC + pg",
   }[row.scenario];
+  const tracing = row.tracing ? " + tracing" : "";
   const clients = row.concurrency === tableConcurrency ? "" : `, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
-  return `${name}${clients}${row.note ? `, ${row.note}` : ""}`;
+  return `${name}${tracing}${clients}${row.note ? `, ${row.note}` : ""}`;
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {

@@ -46,6 +46,17 @@ export interface Config {
   serverLimits: ServerLimits;
   /** Web origins (`https://app.example.com`) whose pages may call the service from a browser; `*` for any; empty: none. */
   corsAllowedOrigins: string[];
+  /**
+   * OpenTelemetry tracing, on when an OTLP endpoint is configured; undefined
+   * when off. The SDK reads the other standard `OTEL_*` variables itself
+   * (endpoint, headers, timeout, service name, resource, sampler, batching).
+   */
+  tracing: TracingConfig | undefined;
+}
+
+/** How spans leave the process: OTLP over HTTP, as protobuf (the standard default) or JSON. */
+export interface TracingConfig {
+  protocol: "http/protobuf" | "http/json";
 }
 
 /** What one client can hold of the server: connections, HTTP/2 streams and memory, time to send a body, open watches. */
@@ -205,6 +216,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       problems.push(`CORS_ALLOWED_ORIGINS must list origins such as https://app.example.com (scheme, host, optional port; no path) or *, got "${origin}"`);
     }
   }
+  const tracing = tracingConfig(env, problems);
 
   const config: Config = {
     host,
@@ -248,12 +260,37 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxOpenWatches: integer("MAX_OPEN_WATCHES", defaultServerLimits.maxOpenWatches, 0, 1_000_000),
     },
     corsAllowedOrigins,
+    tracing,
   };
   if (config.workers > 1 && databaseUrl === undefined) {
     problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/**
+ * Tracing is on when an OTLP endpoint is set, unless the standard switches
+ * turn it off (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`). Only
+ * OTLP over HTTP is built in: a collector's gRPC port (4317) is refused here
+ * rather than failing on every export.
+ */
+function tracingConfig(env: NodeJS.ProcessEnv, problems: string[]): TracingConfig | undefined {
+  const endpoints = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"].filter((name) => env[name]);
+  for (const name of endpoints) {
+    if (!/^https?:\/\/[^/]/.test(env[name]!)) problems.push(`${name} must be an http:// or https:// URL, got "${env[name]}"`);
+  }
+  const disabled = env.OTEL_SDK_DISABLED?.trim().toLowerCase();
+  if (disabled && disabled !== "true" && disabled !== "false") problems.push(`OTEL_SDK_DISABLED must be true or false, got "${env.OTEL_SDK_DISABLED}"`);
+  const exporter = env.OTEL_TRACES_EXPORTER?.trim().toLowerCase() || "otlp";
+  if (exporter !== "otlp" && exporter !== "none") problems.push(`OTEL_TRACES_EXPORTER must be otlp or none, got "${env.OTEL_TRACES_EXPORTER}"`);
+  const protocolVariable = env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ? "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" : "OTEL_EXPORTER_OTLP_PROTOCOL";
+  const protocol = env[protocolVariable] || "http/protobuf";
+  if (protocol !== "http/protobuf" && protocol !== "http/json") {
+    problems.push(`${protocolVariable} must be http/protobuf or http/json (OTLP over HTTP, a collector's port 4318), got "${protocol}"`);
+  }
+  if (endpoints.length === 0 || disabled === "true" || exporter === "none") return undefined;
+  return { protocol: protocol === "http/json" ? "http/json" : "http/protobuf" };
 }
 
 /** True for addresses only this machine can reach: 127.0.0.0/8, ::1 and localhost. */

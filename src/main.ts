@@ -5,6 +5,7 @@
  * one port.
  */
 import cluster from "node:cluster";
+import { diag, DiagLogLevel } from "@opentelemetry/api";
 import { Registry } from "prom-client";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DataDirInUseError } from "./db/data-dir-lock.js";
@@ -14,6 +15,7 @@ import { DatabaseHealth } from "./db/database-health.js";
 import { FeedHub } from "./feed/feed-hub.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
+import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 
@@ -45,6 +47,13 @@ async function main(config: Config, log: Logger): Promise<void> {
     maxWatches: config.feed.maxWatchStreams,
   });
   const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
+  let tracing: Tracing | undefined;
+  if (config.tracing) {
+    // The one global OpenTelemetry registration: the SDK's own warnings (a failed export) go to our log.
+    diag.setLogger(tracingDiagnostics(log), DiagLogLevel.WARN);
+    tracing = await createTracing(config.tracing);
+    log.info(`tracing on: spans exported over OTLP (${config.tracing.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
+  }
   const server = buildServer({
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
@@ -60,6 +69,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     serverLimits: config.serverLimits,
     ingestBatch: config.ingestBatch,
     corsAllowedOrigins: config.corsAllowedOrigins,
+    tracing,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.
@@ -80,6 +90,8 @@ async function main(config: Config, log: Logger): Promise<void> {
     if (cutOff > 0) readyLog.warn(`${cutOff} request(s) still running after the grace period were cut off`);
     // Connections such requests still hold are not waited for past the grace period.
     await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
+    // Spans still batched are exported before the process ends.
+    await tracing?.shutdown();
     readyLog.info("stopped");
     process.exit(exitCode);
   };

@@ -31,6 +31,11 @@ interface RequestRecord {
 
 const requestRecordKey = createContextKey<RequestRecord | undefined>(undefined, { description: "request being observed" });
 
+/** The observed request's id and the fields its log line will carry (e.g. its trace id), if it is observed. */
+export function observedRequest(values: ContextValues): Pick<RequestRecord, "id" | "fields"> | undefined {
+  return values.get(requestRecordKey);
+}
+
 /** Codes that mean the service, not the caller, has a problem: logged as warnings. */
 const SERVER_FAULTS = new Set(["unknown", "internal", "unavailable", "data_loss", "deadline_exceeded"]);
 

@@ -8,10 +8,12 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { defaultInputLimits, type InputLimits } from "../config.js";
 import { errorInterceptor } from "../interceptors/errors.js";
 import { deadlineInterceptor } from "../interceptors/request-deadline.js";
+import { tracingInterceptor } from "../interceptors/tracing.js";
 import { validationInterceptors } from "../interceptors/validation.js";
 import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
 import { createRequestObserver, REQUEST_ID_HEADER } from "../observability/request-observer.js";
+import type { Tracing } from "../observability/tracing.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
@@ -42,6 +44,8 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   bodyTimeoutMs: number;
   /** Web origins whose pages may call the service (CORS); `*` for any; none or empty: no cross-origin access. */
   corsAllowedOrigins?: string[];
+  /** OpenTelemetry tracing; when absent no tracing code runs at all. */
+  tracing?: Tracing;
 }
 
 /**
@@ -63,6 +67,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const probes = createHttpProbes(options.health, options.metrics);
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
+  // Inside the observer and outside the error mapping, so spans see the code the client gets.
+  if (options.tracing) interceptors.splice(1, 0, tracingInterceptor(options.tracing));
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
   const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [] };
   const checkToken = tokens.ingest.length + tokens.feed.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;

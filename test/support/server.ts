@@ -30,7 +30,7 @@ export type TestServerOptions = {
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
-} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins">;
+} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -80,6 +80,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,
     corsAllowedOrigins: options.corsAllowedOrigins,
+    tracing: options.tracing,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
