@@ -13,6 +13,7 @@ import { createRequestObserver } from "../observability/request-observer.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
+import type { RelayStatus } from "../feed/relay/feed-relay.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
 import { acceptedCompressions } from "./compression.js";
 import { limitRequestBodies } from "./request-size.js";
@@ -38,6 +39,8 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   requestTimeoutMs?: number;
   /** Longest a client may take to send a request body before it is answered `deadline_exceeded`. */
   bodyTimeoutMs: number;
+  /** The feed relay, when on: `/readyz` shows its state (it never makes the service unready). */
+  relay?: { status(): RelayStatus };
 }
 
 /**
@@ -55,7 +58,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     httpRoutes: HTTP_PROBE_ROUTES,
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
-  const probes = createHttpProbes(options.health, options.metrics);
+  const probes = createHttpProbes(options.health, options.metrics, options.relay);
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));

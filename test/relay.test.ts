@@ -1,0 +1,173 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { IngestEventSchema } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import type { RelayConfig } from "../src/config.js";
+import { decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
+import type { FeedRelay } from "../src/feed/relay/feed-relay.js";
+import { soleLeader } from "../src/feed/relay/leader-lock.js";
+import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
+import { createFeedRelay } from "../src/feed/relay/start-relay.js";
+import { createLogger } from "../src/observability/logger.js";
+import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createTestDatabase, databaseKind, testServerUrl, type TestDatabase } from "./support/database.js";
+import { startNats, type TestNats } from "./support/nats.js";
+import { auditStream, insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
+import { waitFor } from "./support/wait.js";
+
+let database: TestDatabase;
+let nats: TestNats;
+const logLines: Array<Record<string, any>> = [];
+const log = createLogger({ level: "debug", destination: { write: (line: string) => { logLines.push(JSON.parse(line)); if (process.env.RELAY_TEST_LOG) require("node:fs").appendFileSync(process.env.RELAY_TEST_LOG, line); } } });
+const relays: FeedRelay[] = [];
+let streams = 0;
+
+beforeAll(async () => {
+  [database, nats] = await Promise.all([createTestDatabase(), startNats()]);
+});
+
+afterAll(async () => {
+  await Promise.all(relays.map((relay) => relay.stop()));
+  await Promise.all([database?.close(), nats?.close()]);
+});
+
+/** Each test relays to a stream of its own (the feed is shared: the stream starts with every event so far). */
+function newStream(): string {
+  streams += 1;
+  return `TEST_${streams}`;
+}
+
+function startRelay(config: RelayConfig, options: { sole?: boolean; registry?: Registry } = {}): FeedRelay {
+  const registry = options.registry ?? new Registry();
+  const relay = options.sole
+    ? new Relay({ sequelize: database.sequelize, config, lock: soleLeader(), log, metrics: createRelayMetrics(registry) })
+    : createFeedRelay(config, { sequelize: database.sequelize, databaseUrl: testServerUrl ? database.url : undefined, log, registry });
+  relays.push(relay);
+  relay.start();
+  return relay;
+}
+
+async function caughtUp(config: RelayConfig, timeoutMs = 30_000): Promise<void> {
+  const feed = await wholeFeed(database.sequelize);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const messages = await readStream(config.natsUrl, config.stream, config.encoding).catch(() => []);
+    if (messages.length >= feed.length) return;
+    if (Date.now() > deadline) throw new Error(`stream holds ${messages.length} of ${feed.length} events`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function expectExactlyTheFeed(config: RelayConfig): Promise<void> {
+  await caughtUp(config);
+  const messages = await readStream(config.natsUrl, config.stream, config.encoding);
+  expect(auditStream(messages, await wholeFeed(database.sequelize))).toBeUndefined();
+}
+
+describe(`feed relay (${databaseKind})`, () => {
+  it("creates the stream and relays every event once, in feed order, with its id, position and resume token", async () => {
+    await insertEvents(database.sequelize, 50, "a");
+    await insertEvents(database.sequelize, 1, "b");
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.one", maxAgeSeconds: 3600 });
+    const relay = startRelay(config);
+    await insertEvents(database.sequelize, 30, "c");
+    await expectExactlyTheFeed(config);
+
+    const nc = await connect({ servers: nats.url });
+    const info = await (await jetstreamManager(nc)).streams.info(config.stream);
+    await nc.close();
+    expect(info.config).toMatchObject({
+      subjects: ["test.one.>"],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      num_replicas: 1,
+      max_age: 3600 * 1e9,
+      duplicate_window: 120 * 1e9,
+    });
+
+    const identity = await loadFeedIdentity(database.sequelize);
+    const feed = await wholeFeed(database.sequelize);
+    const messages = await readStream(nats.url, config.stream);
+    messages.forEach((message, i) => {
+      expect(message.subject).toBe("test.one.web");
+      expect(decodeResumeToken(identity, message.resumeToken!)).toEqual(feed[i].position);
+      expect(message.event.metadata).toEqual(feed[i].metadata);
+      expect(message.event.createdAt).toBeDefined();
+    });
+    await waitFor(() => relay.status().streamSeq === feed.length);
+    expect(relay.status()).toMatchObject({ state: "active", natsConnected: true, streamProblems: [] });
+  });
+
+  it("sends the IngestEvent as JSON when asked", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.json", encoding: "json" });
+    startRelay(config);
+    await insertEvents(database.sequelize, 5, "json");
+    await expectExactlyTheFeed(config);
+  });
+
+  it("reports an existing stream with other settings and leaves it unchanged", async () => {
+    const stream = newStream();
+    const nc = await connect({ servers: nats.url });
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: stream, subjects: ["other.>"], storage: StorageType.Memory });
+    const registry = new Registry();
+    const relay = startRelay(relayConfig(nats.url, { stream, subjectPrefix: "test.bad" }), { registry });
+    await waitFor(() => relay.status().state === "stream_incompatible", 10_000);
+    expect(relay.status().streamProblems).toEqual([
+      expect.stringContaining('not including "test.bad.>"'),
+      expect.stringContaining('storage is "memory", configured "file"'),
+      expect.stringContaining("max age"),
+    ]);
+    expect(await registry.getSingleMetricAsString("aurora_ingest_relay_stream_problems")).toMatch(/ 3$/m);
+    const info = await jsm.streams.info(stream);
+    expect(info.config.subjects).toEqual(["other.>"]);
+    expect(info.state.messages).toBe(0);
+    await nc.close();
+  });
+
+  it("keeps every event once through a NATS restart and an outage longer than the duplicate window", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.outage", duplicateWindowSeconds: 1, ackTimeoutMs: 500 });
+    const relay = startRelay(config);
+    await insertEvents(database.sequelize, 200, "before");
+    await caughtUp(config);
+
+    await nats.kill();
+    await waitFor(() => !relay.status().natsConnected, 10_000);
+    // Ingest goes on; the backlog waits in the database, longer than the duplicate window.
+    for (let i = 0; i < 5; i++) await insertEvents(database.sequelize, 40, `during-${i}`);
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await nats.start();
+    await insertEvents(database.sequelize, 50, "after");
+    await expectExactlyTheFeed(config);
+  });
+
+  it("two relays publishing at once leave each event in the stream once: the stream refuses the stale one", async () => {
+    // Both think they lead (no lock at all): only the expected-last-sequence fencing keeps the stream right.
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.two", batchSize: 20, maxInFlight: 20 });
+    const registries = [new Registry(), new Registry()];
+    startRelay(config, { sole: true, registry: registries[0] });
+    startRelay(config, { sole: true, registry: registries[1] });
+    for (let i = 0; i < 20; i++) await insertEvents(database.sequelize, 25, `two-${i}`);
+    await expectExactlyTheFeed(config);
+    const refused = await Promise.all(registries.map((registry) => registry.getSingleMetricAsString("aurora_ingest_relay_publish_errors_total")));
+    expect(refused.join("\n")).toMatch(/reason="refused"/);
+  });
+
+  it.runIf(databaseKind === "postgres")("elects one relay among replicas through the advisory lock; the other takes over when it stops", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.lock" });
+    const first = startRelay(config);
+    await waitFor(() => first.status().state === "active", 10_000);
+    const second = startRelay(config);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(second.status().state).toBe("standby");
+    await insertEvents(database.sequelize, 100, "lock");
+    await first.stop();
+    const stoppedAt = Date.now();
+    await waitFor(() => second.status().state === "active", 5_000);
+    expect(Date.now() - stoppedAt).toBeLessThan(5_000);
+    await insertEvents(database.sequelize, 100, "lock-2");
+    await expectExactlyTheFeed(config);
+  });
+});
