@@ -310,7 +310,8 @@ export class FeedRelay {
     const settleOldest = async () => {
       const published = pending.shift()!;
       const ack = await published.ack;
-      if (ack.duplicate || ack.seq !== published.streamSeq) {
+      // A duplicate at the expected sequence is this very event, stored there by another relay: the stream is as expected.
+      if (ack.seq !== published.streamSeq) {
         throw new StreamMovedError(`stream acknowledged event ${published.event.id} as sequence ${ack.seq}${ack.duplicate ? " (duplicate)" : ""}, expected ${published.streamSeq}`);
       }
       this.metrics.published.inc();
