@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { appendFileSync } from "node:fs";
 import path from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
@@ -43,7 +44,10 @@ function runRelay(env: Record<string, string>, until?: () => Promise<boolean>): 
     child.stdout.on("data", (chunk) => (output += chunk));
     child.stderr.on("data", (chunk) => (output += chunk));
     child.on("error", reject);
-    child.on("exit", (_code, signal) => resolve({ signal, output }));
+    child.on("exit", (_code, signal) => {
+      if (process.env.RELAY_TEST_LOG) appendFileSync(process.env.RELAY_TEST_LOG, output);
+      resolve({ signal, output });
+    });
     if (until) {
       const poll = async () => {
         if (child.exitCode !== null || child.signalCode !== null) return;
@@ -92,5 +96,5 @@ describe(`relay killed at its crash points (${databaseKind})`, () => {
 
     expect(auditStream(await readStream(nats.url, STREAM), feed)).toBeUndefined();
     expect((await loadRelayState(database.sequelize, STREAM))?.streamSeq).toBe(feed.length);
-  });
+  }, 180_000);
 });
