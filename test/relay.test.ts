@@ -202,4 +202,23 @@ describe(`feed relay (${databaseKind})`, () => {
     await insertEvents(database.sequelize, 100, "lock-2");
     await expectExactlyTheFeed(config);
   });
+
+  it.runIf(databaseKind === "postgres")("stops relaying at once when its lock connection is lost", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.lost" });
+    const relay = startRelay(config);
+    await waitFor(() => relay.status().state === "active", 10_000);
+    const other = startRelay(config);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const [active, standby] = relay.status().state === "active" ? [relay, other] : [other, relay];
+    expect(standby.status().state).toBe("standby");
+    // The server ends the leader's lock session, as a failover of PostgreSQL or a network cut would.
+    await database.sequelize.query(
+      `SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+       WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()`,
+    );
+    await waitFor(() => active.status().state !== "active", 5_000);
+    await waitFor(() => standby.status().state === "active" || active.status().state === "active", 5_000);
+    await insertEvents(database.sequelize, 50, "lost");
+    await expectExactlyTheFeed(config);
+  });
 });

@@ -18,8 +18,8 @@ export interface TestNats {
   close(): Promise<void>;
 }
 
-/** Starts a nats-server with JetStream on a free port; resolves once it accepts connections. */
-export async function startNats(): Promise<TestNats> {
+/** Starts a nats-server with JetStream on a free port; resolves once it accepts connections. With `started: false`, only picks the port. */
+export async function startNats(options: { started?: boolean } = {}): Promise<TestNats> {
   const storeDir = await mkdtemp(path.join(os.tmpdir(), "aurora-nats-"));
   const port = await freePort();
   let child: ChildProcess | undefined;
@@ -45,7 +45,7 @@ export async function startNats(): Promise<TestNats> {
     running.kill("SIGKILL");
     await exited;
   };
-  await start();
+  if (options.started ?? true) await start();
   return {
     port,
     url: `nats://127.0.0.1:${port}`,
