@@ -135,7 +135,8 @@ export class FeedRelay {
   /** Stops publishing, gives up leadership and closes the NATS connection. */
   async stop(): Promise<void> {
     this.stopping.abort(new Error("relay stopping"));
-    await this.running;
+    // A first connection to an unreachable NATS cannot be cancelled: shutdown does not wait for it.
+    await Promise.race([this.running, sleep(2_000)]);
     await this.lock.release();
     await this.nc?.close().catch(() => undefined);
     this.metrics.active.set(0);
@@ -154,6 +155,10 @@ export class FeedRelay {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,
     });
+    if (signal.aborted) {
+      await this.nc.close();
+      return;
+    }
     this.state.natsConnected = true;
     void this.watchConnection(this.nc);
     this.js = jetstream(this.nc);
@@ -369,7 +374,7 @@ export class FeedRelay {
         timeout: this.config.ackTimeoutMs,
       }),
     };
-    published.ack.then(
+    void published.ack.then(
       () => {
         published.settled = true;
         this.metrics.commitToAck.observe((Date.now() - event.createdAt.getTime()) / 1000);
