@@ -107,6 +107,17 @@ describe(`feed relay (${databaseKind})`, () => {
     await expectExactlyTheFeed(config);
   });
 
+  it("stops promptly while NATS has never been reachable", async () => {
+    const unreachable = await startNats({ started: false });
+    const relay = startRelay(relayConfig(unreachable.url, { stream: newStream() }));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(relay.status()).toMatchObject({ state: "starting", natsConnected: false });
+    const started = Date.now();
+    await relay.stop();
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await unreachable.close();
+  });
+
   it("reports an existing stream with other settings and leaves it unchanged", async () => {
     const stream = newStream();
     const nc = await connect({ servers: nats.url });
