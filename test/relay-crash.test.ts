@@ -52,7 +52,7 @@ function runRelay(env: Record<string, string>, until?: () => Promise<boolean>): 
       const poll = async () => {
         if (child.exitCode !== null || child.signalCode !== null) return;
         if (await until().catch(() => false)) child.kill("SIGTERM");
-        else setTimeout(poll, 100);
+        else setTimeout(() => void poll(), 100);
       };
       void poll();
     }

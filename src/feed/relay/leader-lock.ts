@@ -43,7 +43,7 @@ export function advisoryLock(options: AdvisoryLockOptions): LeaderLock {
     }
     const ending = client;
     client = undefined;
-    ending?.end().catch(() => undefined);
+    void ending?.end().catch(() => undefined);
   };
 
   const tryLock = async (): Promise<boolean> => {
