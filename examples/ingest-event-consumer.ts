@@ -63,7 +63,7 @@ process.on("SIGINT", () => void stop());
 for await (const message of messages) {
   const event = decode(message);
   const client = await db.connect();
-  let applied = false;
+  let applied: boolean;
   try {
     await client.query("BEGIN");
     const recorded = await client.query("INSERT INTO example_processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING", [event.id]);

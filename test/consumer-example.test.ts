@@ -42,8 +42,8 @@ function startConsumer(env: Record<string, string> = {}): { child: ChildProcess;
     env: { ...process.env, NATS_URL: nats.url, NATS_STREAM: STREAM, CONSUMER_DATABASE_URL: consumerDatabase.url, CONSUMER_ACK_WAIT_MS: "1000", ...env },
   });
   let output = "";
-  child.stdout!.on("data", (chunk) => (output += chunk));
-  child.stderr!.on("data", (chunk) => (output += chunk));
+  child.stdout.on("data", (chunk) => (output += chunk));
+  child.stderr.on("data", (chunk) => (output += chunk));
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
   return { child, exited, output: () => output };
 }
@@ -72,7 +72,7 @@ describe(`the example consumer (${databaseKind})`, () => {
     expect((await consumerCounts()).processed).toBe(60);
 
     const consumer = startConsumer();
-    let current = { processed: 0, effects: 0 };
+    let current: { processed: number; effects: number };
     const poll = async (target: number) => {
       const deadline = Date.now() + 60_000;
       while ((current = await consumerCounts()).processed < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));

@@ -1,9 +1,7 @@
-import { fromBinary } from "@bufbuild/protobuf";
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { IngestEventSchema } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import type { RelayConfig } from "../src/config.js";
 import { decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
 import type { FeedRelay } from "../src/feed/relay/feed-relay.js";
@@ -19,8 +17,7 @@ import { waitFor } from "./support/wait.js";
 
 let database: TestDatabase;
 let nats: TestNats;
-const logLines: Array<Record<string, any>> = [];
-const log = createLogger({ level: "debug", destination: { write: (line: string) => { logLines.push(JSON.parse(line)); if (process.env.RELAY_TEST_LOG) require("node:fs").appendFileSync(process.env.RELAY_TEST_LOG, line); } } });
+const log = createLogger({ level: "silent" });
 const relays: FeedRelay[] = [];
 let streams = 0;
 
