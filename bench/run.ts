@@ -26,6 +26,7 @@ import type { LoadMode, LoadPlan, LoadResult } from "./load.js";
 import { listPageLatency, openWatchStreams, watchLatency } from "./feed.js";
 import { parseOptions, type BenchOptions, type Scenario } from "./options.js";
 import { cpuBetween, cpuByPid, listeningPorts, machineCpu, processTree, sample } from "./proc.js";
+import { benchRelay } from "./relay.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -144,6 +145,8 @@ async function main(): Promise<void> {
     const afterProblems = await integrity(db);
 
     printTable(rows, options);
+    // The relay's figures on the same database, against the route's rate (bench/relay.ts); BENCH_RELAY=0 leaves them out.
+    const relay = process.env.BENCH_RELAY === "0" ? undefined : await benchRelay({ databaseUrl: benchUrl.toString(), ...options });
     const memory = rows
       .filter((r) => r.serverRssMb.length > 0)
       .map((r) => {
@@ -170,6 +173,7 @@ async function main(): Promise<void> {
       before: { ...before, problems: beforeProblems },
       after: { ...after, problems: afterProblems },
       rows,
+      relay,
     };
     const dir = path.join(root, "bench/results");
     await mkdir(dir, { recursive: true });

@@ -52,11 +52,42 @@ export interface Config {
    * (endpoint, headers, timeout, service name, resource, sampler, batching).
    */
   tracing: TracingConfig | undefined;
+  /** The feed's relay to NATS JetStream; undefined (NATS_URL unset) turns it off. */
+  relay: RelayConfig | undefined;
 }
 
 /** How spans leave the process: OTLP over HTTP, as protobuf (the standard default) or JSON. */
 export interface TracingConfig {
   protocol: "http/protobuf" | "http/json";
+}
+
+/** Where and how the feed is relayed to JetStream (docs/relay.md). */
+export interface RelayConfig {
+  /** NATS servers, comma-separated URLs (nats://host:port); credentials in the URL are never logged. */
+  natsUrl: string;
+  /** The JetStream stream the feed goes to, created when absent. */
+  stream: string;
+  /** Each event goes to `<subjectPrefix>.<source>`; the stream takes `<subjectPrefix>.>`. */
+  subjectPrefix: string;
+  /** Settings used when the relay creates the stream, and checked against an existing one. */
+  storage: "file" | "memory";
+  replicas: number;
+  /** How long the stream keeps a message, in seconds; 0 keeps them until removed by other limits. */
+  maxAgeSeconds: number;
+  /** Window in which JetStream drops a second message with the same Nats-Msg-Id, in seconds. */
+  duplicateWindowSeconds: number;
+  /** Message body: the IngestEvent protobuf in binary or in its JSON form. */
+  encoding: "binary" | "json";
+  /** How often a standby replica tries to become the relay; a dead relay is replaced within about this long. */
+  leaderRetryMs: number;
+  /** Events read from the feed per query. */
+  batchSize: number;
+  /** Publishes sent but not yet acknowledged by JetStream, at most. */
+  maxInFlight: number;
+  /** How long a publish waits for JetStream's acknowledgement before the relay reconciles with the stream. */
+  ackTimeoutMs: number;
+  /** How often an idle relay looks for new events. */
+  pollMs: number;
 }
 
 /** What one client can hold of the server: connections, HTTP/2 streams and memory, time to send a body, open watches. */
@@ -261,7 +292,38 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     corsAllowedOrigins,
     tracing,
+    relay: undefined,
   };
+  // Read whether or not NATS_URL is set, so every variable is checked (and listed in .env.example).
+  const relay: RelayConfig = {
+    natsUrl: env.NATS_URL ?? "",
+    stream: env.NATS_STREAM || "AURORA_INGEST_EVENTS",
+    subjectPrefix: env.NATS_SUBJECT_PREFIX || "aurora.crm.v1.ingest_events",
+    storage: oneOf("NATS_STREAM_STORAGE", "file", ["file", "memory"] as const),
+    replicas: integer("NATS_STREAM_REPLICAS", 1, 1, 5),
+    maxAgeSeconds: integer("NATS_STREAM_MAX_AGE_SECONDS", 7 * 24 * 3600, 0, 100 * 365 * 24 * 3600),
+    duplicateWindowSeconds: integer("NATS_STREAM_DUPLICATE_WINDOW_SECONDS", 120, 1, 7 * 24 * 3600),
+    encoding: oneOf("RELAY_ENCODING", "binary", ["binary", "json"] as const),
+    leaderRetryMs: integer("RELAY_LEADER_RETRY_MS", 1_000, 50, 60_000),
+    batchSize: integer("RELAY_BATCH_SIZE", 500, 1, 10_000),
+    maxInFlight: integer("RELAY_MAX_IN_FLIGHT", 2_000, 1, 100_000),
+    ackTimeoutMs: integer("RELAY_ACK_TIMEOUT_MS", 5_000, 100, 600_000),
+    pollMs: integer("RELAY_POLL_MS", 50, 5, 60_000),
+  };
+  if (relay.natsUrl !== "") config.relay = relay;
+  if (config.relay) {
+    const names = /^[A-Za-z0-9_-]+$/;
+    if (!names.test(config.relay.stream)) problems.push(`NATS_STREAM must be letters, digits, _ or -, got "${config.relay.stream}"`);
+    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(config.relay.subjectPrefix)) {
+      problems.push(`NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, _ or - (no wildcards), got "${config.relay.subjectPrefix}"`);
+    }
+    if (config.relay.maxAgeSeconds > 0 && config.relay.duplicateWindowSeconds > config.relay.maxAgeSeconds) {
+      problems.push("NATS_STREAM_DUPLICATE_WINDOW_SECONDS must not exceed NATS_STREAM_MAX_AGE_SECONDS");
+    }
+    for (const url of config.relay.natsUrl.split(",")) {
+      if (!/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.trim())) problems.push("NATS_URL must be nats://host:port (several: comma-separated)");
+    }
+  }
   if (config.workers > 1 && databaseUrl === undefined) {
     problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
   }

@@ -18,6 +18,7 @@ import { createMetrics } from "./observability/metrics.js";
 import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
+import { createFeedRelay, describeNatsUrl } from "./feed/relay/start-relay.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
@@ -54,7 +55,11 @@ async function main(config: Config, log: Logger): Promise<void> {
     tracing = await createTracing(config.tracing);
     log.info(`tracing on: spans exported over OTLP (${config.tracing.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
   }
+  const relay = config.relay
+    ? createFeedRelay(config.relay, { sequelize: database.sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry })
+    : undefined;
   const server = buildServer({
+    relay,
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
     health,
@@ -74,6 +79,12 @@ async function main(config: Config, log: Logger): Promise<void> {
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.
   readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
+  if (relay && config.relay) {
+    relay.start();
+    readyLog.info(`feed relay on: stream ${config.relay.stream} on NATS ${describeNatsUrl(config.relay.natsUrl)}; one replica relays at a time`);
+  } else {
+    readyLog.info("feed relay off: NATS_URL is not set");
+  }
 
   let stopping = false;
   let exitCode = 0;
@@ -88,6 +99,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     }, config.shutdownGraceMs + 10_000).unref();
     const cutOff = await server.close(config.shutdownGraceMs);
     if (cutOff > 0) readyLog.warn(`${cutOff} request(s) still running after the grace period were cut off`);
+    await relay?.stop();
     // Connections such requests still hold are not waited for past the grace period.
     await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
     // Spans still batched are exported before the process ends.

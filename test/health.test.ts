@@ -58,7 +58,7 @@ describe(`health (${databaseKind})`, () => {
       body: {
         ready: true,
         database: "reachable",
-        schemaVersion: "2026.01.05T00.01.ingest-event-feed",
+        schemaVersion: "2026.01.07T00.01.feed-relay-state",
         pendingMigrations: 0,
         shuttingDown: false,
       },
@@ -111,7 +111,7 @@ describe(`health (${databaseKind})`, () => {
     try {
       expect(await probe("/readyz")).toMatchObject({
         status: 503,
-        body: { ready: false, database: "reachable", schemaVersion: "2026.01.04T00.01.ingest-event-external-id", pendingMigrations: 1 },
+        body: { ready: false, database: "reachable", schemaVersion: "2026.01.05T00.01.ingest-event-feed", pendingMigrations: 1 },
       });
       expect(await check()).toBe(ServingStatus.SERVING);
     } finally {

@@ -51,8 +51,9 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.03T00.03.ingest-events",
       "2026.01.04T00.01.ingest-event-external-id",
       "2026.01.05T00.01.ingest-event-feed",
+      "2026.01.07T00.01.feed-relay-state",
     ]);
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
     expect(await indexes("crm_contacts")).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/UNIQUE INDEX crm_contacts_whatsapp_id_key .*\(whatsapp_id\)/),
@@ -68,6 +69,8 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await migrator.pending()).toEqual([]);
 
     await migrator.down();
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
+    await migrator.down();
     expect(await columns("crm_ingest_events")).not.toContain("feed_xid");
     expect(await columns("crm_ingest_events")).not.toContain("feed_seq");
     expect((await indexes("crm_ingest_events")).join("\n")).not.toContain("feed_");
@@ -80,10 +83,10 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(4);
+    expect((await migrator.pending()).length).toBe(5);
 
     await migrator.up();
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
     expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq"]));
   });
 
@@ -118,7 +121,7 @@ describe("npm run migrate", () => {
     const first = await runScript("src/cli/migrate.ts", [], env);
     expect(first.code).toBe(0);
     expect(first.output).toContain(
-      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id, 2026.01.05T00.01.ingest-event-feed",
+      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id, 2026.01.05T00.01.ingest-event-feed, 2026.01.07T00.01.feed-relay-state",
     );
     expect(first.output).not.toMatch(/password/i);
 
@@ -128,17 +131,17 @@ describe("npm run migrate", () => {
 
     const status = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(status.output).toMatch(
-      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed/,
+      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed\napplied\s+2026.01.07T00.01.feed-relay-state/,
     );
     const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
-    expect(status.output).toContain("schema version: 2026.01.05T00.01.ingest-event-feed (4 applied, 0 pending)");
+    expect(status.output).toContain("schema version: 2026.01.07T00.01.feed-relay-state (5 applied, 0 pending)");
 
     const down = await runScript("src/cli/migrate.ts", ["down"], env);
-    expect(down.output).toContain("reverted: 2026.01.05T00.01.ingest-event-feed");
+    expect(down.output).toContain("reverted: 2026.01.07T00.01.feed-relay-state");
     const after = await runScript("src/cli/migrate.ts", ["status"], env);
-    expect(after.output).toMatch(/applied\s+2026.01.04T00.01.ingest-event-external-id\npending\s+2026.01.05T00.01.ingest-event-feed/);
-    expect(after.output).toContain("schema version: 2026.01.04T00.01.ingest-event-external-id (3 applied, 1 pending)");
+    expect(after.output).toMatch(/applied\s+2026.01.05T00.01.ingest-event-feed\npending\s+2026.01.07T00.01.feed-relay-state/);
+    expect(after.output).toContain("schema version: 2026.01.05T00.01.ingest-event-feed (4 applied, 1 pending)");
     // Five processes, each opening the database: the embedded one takes seconds to boot on a busy machine.
   }, 180_000);
 

@@ -40,8 +40,8 @@ describe("npm start", () => {
     const listening = lines.findIndex((line) => /listening on/.test(line.msg));
     expect(listening).toBeGreaterThan(0);
     for (const line of lines.slice(0, listening + 1)) expect(line.database).toBe(`embedded ${dataDir}`);
-    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.05T00.01.ingest-event-feed" });
-    expect(lines[listening].msg).toContain("schema 2026.01.05T00.01.ingest-event-feed (4 applied, 0 pending)");
+    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.07T00.01.feed-relay-state" });
+    expect(lines[listening].msg).toContain("schema 2026.01.07T00.01.feed-relay-state (5 applied, 0 pending)");
 
     service.child.kill("SIGTERM");
     expect(await exited).toBe(0);

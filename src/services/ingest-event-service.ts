@@ -1,9 +1,6 @@
-import { create, type JsonObject } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Sequelize } from "sequelize-typescript";
 import {
-  IngestEventSchema,
   WatchIngestEventsRequest_Start as Start,
   type IngestEvent,
   type IngestEventService,
@@ -12,6 +9,7 @@ import { IngestEventStatus } from "../../gen/aurora/crm/v1/ingest_service_pb.js"
 import type { IngestEventStatus as StoredStatus } from "../db/models/IngestEvent.js";
 import { IngestEventNotFoundError } from "../feed/errors.js";
 import type { FeedHub } from "../feed/feed-hub.js";
+import { STATUS_TO_PROTO, toIngestEventMessage } from "../feed/ingest-event-message.js";
 import {
   decodePageToken,
   decodeResumeToken,
@@ -41,12 +39,7 @@ export const feedReadKey = createContextKey<FeedReadSummary | undefined>(undefin
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 
-const statusToProto: Record<StoredStatus, IngestEventStatus> = {
-  RECEIVED: IngestEventStatus.RECEIVED,
-  LINKED: IngestEventStatus.LINKED,
-  ERROR: IngestEventStatus.ERROR,
-};
-const statusFromProto = new Map(Object.entries(statusToProto).map(([stored, proto]) => [proto, stored as StoredStatus]));
+const statusFromProto = new Map(Object.entries(STATUS_TO_PROTO).map(([stored, proto]) => [proto, stored as StoredStatus]));
 
 /** The IngestEventService handlers: map the request to a feed read, and the events back. */
 export function createIngestEventService(dependencies: IngestEventDependencies): ServiceImpl<typeof IngestEventService> {
@@ -66,7 +59,7 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
       const event = await findFeedEvent(sequelize, request.id);
       if (!event) throw new IngestEventNotFoundError(request.id);
       summary(context).events = 1;
-      return { ingestEvent: toProto(event) };
+      return { ingestEvent: toIngestEventMessage(event) };
     },
 
     async listIngestEvents(request, context) {
@@ -80,7 +73,7 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
       const position = page.at(-1)?.position ?? after;
       summary(context).events = page.length;
       return {
-        ingestEvents: page.map(toProto),
+        ingestEvents: page.map(toIngestEventMessage),
         nextPageToken: events.length > pageSize ? encodePageToken(keys, position, filters) : "",
         resumeToken: encodeResumeToken(keys, position),
       };
@@ -100,7 +93,7 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
         read.events++;
         // Every watcher of this process gets the same event object: convert and sign it once.
         let converted = shared.get(item.event);
-        if (!converted) shared.set(item.event, (converted = { ingestEvent: toProto(item.event), resumeToken: encodeResumeToken(keys, item.position) }));
+        if (!converted) shared.set(item.event, (converted = { ingestEvent: toIngestEventMessage(item.event), resumeToken: encodeResumeToken(keys, item.position) }));
         yield converted;
       }
     },
@@ -113,19 +106,4 @@ function filtersOf(request: { source: string; contactId: string; status: IngestE
     ...(request.contactId && { contactId: request.contactId.toLowerCase() }),
     ...(request.status !== IngestEventStatus.UNSPECIFIED && { status: statusFromProto.get(request.status) }),
   };
-}
-
-function toProto(event: FeedEvent): IngestEvent {
-  return create(IngestEventSchema, {
-    id: event.id,
-    source: event.source,
-    senderId: event.senderId,
-    content: event.content,
-    metadata: event.metadata as JsonObject,
-    externalId: event.externalId ?? undefined,
-    contactId: event.contactId ?? "",
-    status: statusToProto[event.status],
-    error: event.error ?? "",
-    createdAt: timestampFromDate(event.createdAt),
-  });
 }

@@ -1,0 +1,97 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { Registry } from "prom-client";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FeedRelay } from "../src/feed/relay/feed-relay.js";
+import { soleLeader } from "../src/feed/relay/leader-lock.js";
+import { createLogger } from "../src/observability/logger.js";
+import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { startNats, type TestNats } from "./support/nats.js";
+import { insertEvents, relayConfig, wholeFeed } from "./support/relay.js";
+
+const root = path.resolve(import.meta.dirname, "..");
+const STREAM = "CONSUMER_EXAMPLE";
+let ingest: TestDatabase;
+let consumerDatabase: TestDatabase;
+let nats: TestNats;
+let relay: FeedRelay;
+
+beforeAll(async () => {
+  [ingest, consumerDatabase, nats] = await Promise.all([createTestDatabase(), createTestDatabase({ migrate: false }), startNats()]);
+  const config = relayConfig(nats.url, { stream: STREAM });
+  relay = new FeedRelay({
+    sequelize: ingest.sequelize,
+    config,
+    lock: soleLeader(),
+    log: createLogger({ level: "silent" }),
+    metrics: createRelayMetrics(new Registry()),
+  });
+  relay.start();
+});
+
+afterAll(async () => {
+  await relay?.stop();
+  await Promise.all([ingest?.close(), consumerDatabase?.close(), nats?.close()]);
+});
+
+function startConsumer(env: Record<string, string> = {}): { child: ChildProcess; exited: Promise<NodeJS.Signals | null>; output: () => string } {
+  const child = spawn(process.execPath, ["--import", "tsx", "examples/ingest-event-consumer.ts"], {
+    cwd: root,
+    env: { ...process.env, NATS_URL: nats.url, NATS_STREAM: STREAM, CONSUMER_DATABASE_URL: consumerDatabase.url, CONSUMER_ACK_WAIT_MS: "1000", ...env },
+  });
+  let output = "";
+  child.stdout.on("data", (chunk) => (output += chunk));
+  child.stderr.on("data", (chunk) => (output += chunk));
+  const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
+  return { child, exited, output: () => output };
+}
+
+async function consumerCounts(): Promise<{ processed: number; effects: number }> {
+  const client = new pg.Client({ connectionString: consumerDatabase.url });
+  await client.connect();
+  try {
+    const processed = await client.query<{ n: string }>("SELECT count(*) AS n FROM example_processed_events");
+    const effects = await client.query<{ n: string }>("SELECT coalesce(sum(messages), 0) AS n FROM example_source_counts");
+    return { processed: Number(processed.rows[0].n), effects: Number(effects.rows[0].n) };
+  } catch {
+    return { processed: 0, effects: 0 };
+  } finally {
+    await client.end();
+  }
+}
+
+describe(`the example consumer (${databaseKind})`, () => {
+  it("applies each event once through a consumer crash and a NATS restart", async () => {
+    for (let i = 0; i < 4; i++) await insertEvents(ingest.sequelize, 50, `consumer-${i}`);
+
+    // Dies after committing its 60th effect, before acknowledging it: that message comes again.
+    const crashing = startConsumer({ CONSUMER_CRASH_AFTER_COMMIT: "60" });
+    expect(await crashing.exited, crashing.output()).toBe("SIGKILL");
+    expect((await consumerCounts()).processed).toBe(60);
+
+    const consumer = startConsumer();
+    let current: { processed: number; effects: number };
+    const poll = async (target: number) => {
+      const deadline = Date.now() + 60_000;
+      while ((current = await consumerCounts()).processed < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    };
+    await poll(100);
+    await nats.kill();
+    await insertEvents(ingest.sequelize, 50, "during-outage");
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await nats.start();
+    await insertEvents(ingest.sequelize, 50, "after-outage");
+    const total = (await wholeFeed(ingest.sequelize)).length;
+    await poll(total);
+    // Redeliveries are still possible for a moment: give them time to (not) take effect twice.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    current = await consumerCounts();
+    consumer.child.kill("SIGTERM");
+    await consumer.exited;
+
+    expect(current).toEqual({ processed: total, effects: total });
+    expect(consumer.output()).toMatch(/redelivered: already processed/);
+  }, 180_000);
+});

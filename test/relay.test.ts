@@ -1,0 +1,232 @@
+import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { Registry } from "prom-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { RelayConfig } from "../src/config.js";
+import { decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
+import type { FeedRelay } from "../src/feed/relay/feed-relay.js";
+import { soleLeader } from "../src/feed/relay/leader-lock.js";
+import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
+import { createFeedRelay } from "../src/feed/relay/start-relay.js";
+import { createLogger } from "../src/observability/logger.js";
+import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createTestDatabase, databaseKind, testServerUrl, type TestDatabase } from "./support/database.js";
+import { startNats, type TestNats } from "./support/nats.js";
+import { auditStream, insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
+import { waitFor } from "./support/wait.js";
+
+let database: TestDatabase;
+let nats: TestNats;
+const log = createLogger({ level: "silent" });
+const relays: FeedRelay[] = [];
+let streams = 0;
+
+beforeAll(async () => {
+  [database, nats] = await Promise.all([createTestDatabase(), startNats()]);
+});
+
+afterAll(async () => {
+  await Promise.all(relays.map((relay) => relay.stop()));
+  await Promise.all([database?.close(), nats?.close()]);
+});
+
+/** Each test relays to a stream of its own (the feed is shared: the stream starts with every event so far). */
+function newStream(): string {
+  streams += 1;
+  return `TEST_${streams}`;
+}
+
+function startRelay(config: RelayConfig, options: { sole?: boolean; registry?: Registry } = {}): FeedRelay {
+  const registry = options.registry ?? new Registry();
+  const relay = options.sole
+    ? new Relay({ sequelize: database.sequelize, config, lock: soleLeader(), log, metrics: createRelayMetrics(registry) })
+    : createFeedRelay(config, { sequelize: database.sequelize, databaseUrl: testServerUrl ? database.url : undefined, log, registry });
+  relays.push(relay);
+  relay.start();
+  return relay;
+}
+
+async function caughtUp(config: RelayConfig, timeoutMs = 30_000): Promise<void> {
+  const feed = await wholeFeed(database.sequelize);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const messages = await readStream(config.natsUrl, config.stream, config.encoding).catch(() => []);
+    if (messages.length >= feed.length) return;
+    if (Date.now() > deadline) throw new Error(`stream holds ${messages.length} of ${feed.length} events`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function expectExactlyTheFeed(config: RelayConfig): Promise<void> {
+  await caughtUp(config);
+  const messages = await readStream(config.natsUrl, config.stream, config.encoding);
+  expect(auditStream(messages, await wholeFeed(database.sequelize))).toBeUndefined();
+}
+
+describe(`feed relay (${databaseKind})`, () => {
+  it("creates the stream and relays every event once, in feed order, with its id, position and resume token", async () => {
+    await insertEvents(database.sequelize, 50, "a");
+    await insertEvents(database.sequelize, 1, "b");
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.one", maxAgeSeconds: 3600 });
+    const relay = startRelay(config);
+    await insertEvents(database.sequelize, 30, "c");
+    await expectExactlyTheFeed(config);
+
+    const nc = await connect({ servers: nats.url });
+    const info = await (await jetstreamManager(nc)).streams.info(config.stream);
+    await nc.close();
+    expect(info.config).toMatchObject({
+      subjects: ["test.one.>"],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      num_replicas: 1,
+      max_age: 3600 * 1e9,
+      duplicate_window: 120 * 1e9,
+    });
+
+    const identity = await loadFeedIdentity(database.sequelize);
+    const feed = await wholeFeed(database.sequelize);
+    const messages = await readStream(nats.url, config.stream);
+    messages.forEach((message, i) => {
+      expect(message.subject).toBe("test.one.web");
+      expect(decodeResumeToken(identity, message.resumeToken!)).toEqual(feed[i].position);
+      expect(message.event.metadata).toEqual(feed[i].metadata);
+      expect(message.event.createdAt).toBeDefined();
+    });
+    await waitFor(() => relay.status().streamSeq === feed.length);
+    expect(relay.status()).toMatchObject({ state: "active", natsConnected: true, streamProblems: [] });
+  });
+
+  it("sends the IngestEvent as JSON when asked", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.json", encoding: "json" });
+    startRelay(config);
+    await insertEvents(database.sequelize, 5, "json");
+    await expectExactlyTheFeed(config);
+  });
+
+  it("stops promptly while NATS has never been reachable", async () => {
+    const unreachable = await startNats({ started: false });
+    const relay = startRelay(relayConfig(unreachable.url, { stream: newStream() }));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(relay.status()).toMatchObject({ state: "starting", natsConnected: false });
+    const started = Date.now();
+    await relay.stop();
+    expect(Date.now() - started).toBeLessThan(5_000);
+    await unreachable.close();
+  });
+
+  it("reports an existing stream with other settings and leaves it unchanged", async () => {
+    const stream = newStream();
+    const nc = await connect({ servers: nats.url });
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: stream, subjects: ["other.>"], storage: StorageType.Memory });
+    const registry = new Registry();
+    const relay = startRelay(relayConfig(nats.url, { stream, subjectPrefix: "test.bad" }), { registry });
+    await waitFor(() => relay.status().state === "stream_incompatible", 10_000);
+    expect(relay.status().streamProblems).toEqual([
+      expect.stringContaining('not including "test.bad.>"'),
+      expect.stringContaining('storage is "memory", configured "file"'),
+      expect.stringContaining("max age"),
+    ]);
+    expect(await registry.getSingleMetricAsString("aurora_ingest_relay_stream_problems")).toMatch(/ 3$/m);
+    const info = await jsm.streams.info(stream);
+    expect(info.config.subjects).toEqual(["other.>"]);
+    expect(info.state.messages).toBe(0);
+    await nc.close();
+  });
+
+  it("keeps every event once through a NATS restart and an outage longer than the duplicate window", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.outage", duplicateWindowSeconds: 1, ackTimeoutMs: 500 });
+    const relay = startRelay(config);
+    await insertEvents(database.sequelize, 200, "before");
+    await caughtUp(config);
+
+    await nats.kill();
+    await waitFor(() => !relay.status().natsConnected, 10_000);
+    // Ingest goes on; the backlog waits in the database, longer than the duplicate window.
+    for (let i = 0; i < 5; i++) await insertEvents(database.sequelize, 40, `during-${i}`);
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await nats.start();
+    await insertEvents(database.sequelize, 50, "after");
+    await expectExactlyTheFeed(config);
+  });
+
+  it("two relays publishing at once, without a lock, leave each event in the stream once", async () => {
+    // Both think they lead (no lock at all): only the expected-last-sequence fencing keeps the stream right.
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.two", batchSize: 20, maxInFlight: 20 });
+    const registries = [new Registry(), new Registry()];
+    startRelay(config, { sole: true, registry: registries[0] });
+    startRelay(config, { sole: true, registry: registries[1] });
+    for (let i = 0; i < 20; i++) await insertEvents(database.sequelize, 25, `two-${i}`);
+    await expectExactlyTheFeed(config);
+  });
+
+  it("refuses a stale relay's publishes once the duplicate window is past, and the stale relay catches up without repeating", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.stale", duplicateWindowSeconds: 1, maxInFlight: 1, batchSize: 10 });
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let paused = false;
+    const staleRegistry = new Registry();
+    const stale = new Relay({
+      sequelize: database.sequelize,
+      config,
+      lock: soleLeader(),
+      log,
+      metrics: createRelayMetrics(staleRegistry),
+      hooks: {
+        async afterPublish() {
+          if (paused) return;
+          paused = true;
+          await gate;
+        },
+      },
+    });
+    relays.push(stale);
+    stale.start();
+    await waitFor(() => paused, 20_000);
+    // Another relay takes the stream far ahead while the first one hangs, past the duplicate window.
+    const current = startRelay(config, { sole: true });
+    await caughtUp(config);
+    await current.stop();
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    release();
+    await insertEvents(database.sequelize, 20, "stale");
+    await expectExactlyTheFeed(config);
+    expect(await staleRegistry.getSingleMetricAsString("aurora_ingest_relay_publish_errors_total")).toMatch(/reason="refused"} [1-9]/);
+  });
+
+  it.runIf(databaseKind === "postgres")("elects one relay among replicas through the advisory lock; the other takes over when it stops", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.lock" });
+    const first = startRelay(config);
+    await waitFor(() => first.status().state === "active", 10_000);
+    const second = startRelay(config);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(second.status().state).toBe("standby");
+    await insertEvents(database.sequelize, 100, "lock");
+    await first.stop();
+    const stoppedAt = Date.now();
+    await waitFor(() => second.status().state === "active", 5_000);
+    expect(Date.now() - stoppedAt).toBeLessThan(5_000);
+    await insertEvents(database.sequelize, 100, "lock-2");
+    await expectExactlyTheFeed(config);
+  });
+
+  it.runIf(databaseKind === "postgres")("stops relaying at once when its lock connection is lost", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.lost" });
+    const relay = startRelay(config);
+    await waitFor(() => relay.status().state === "active", 10_000);
+    const other = startRelay(config);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const [active, standby] = relay.status().state === "active" ? [relay, other] : [other, relay];
+    expect(standby.status().state).toBe("standby");
+    // The server ends the leader's lock session, as a failover of PostgreSQL or a network cut would.
+    await database.sequelize.query(
+      `SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+       WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()`,
+    );
+    await waitFor(() => active.status().state !== "active", 5_000);
+    await waitFor(() => standby.status().state === "active" || active.status().state === "active", 5_000);
+    await insertEvents(database.sequelize, 50, "lost");
+    await expectExactlyTheFeed(config);
+  });
+});
