@@ -63,7 +63,7 @@ describe("npm start", () => {
       database = await createTestDatabase({ migrate: false, poolMax: 1 });
       const result = await runScript("src/main.ts", [], { DATABASE_URL: database.url, PORT: "0" });
       expect(result.code).toBe(1);
-      expect(result.output).toContain("4 pending migration(s)");
+      expect(result.output).toContain("5 pending migration(s)");
       expect(result.output).toContain("npm run migrate");
     });
   });
