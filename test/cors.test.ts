@@ -151,7 +151,7 @@ describe(`a browser page on another origin (${databaseKind})`, () => {
   });
   afterAll(async () => {
     pages?.close();
-    if (profileDir) await rm(profileDir, { recursive: true, force: true });
+    if (profileDir) await rm(profileDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   });
 
   /** Opens the page in headless Chromium and resolves to what its script reported. */
@@ -166,20 +166,27 @@ describe(`a browser page on another origin (${databaseKind})`, () => {
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         `--user-data-dir=${path.join(profileDir, run)}`,
         // Names the page's own host for this test: the page and the service are then different origins by host and port.
         `--host-resolver-rules=MAP app.example.test 127.0.0.1,MAP other.example.test 127.0.0.1`,
         pageUrl,
       ],
-      { stdio: "ignore" },
+      // Its own process group, so that the renderers it starts are stopped with it.
+      { stdio: "ignore", detached: true },
     );
+    const exited = new Promise((resolve) => browser.once("exit", resolve));
     try {
       return await Promise.race([
         reported,
         new Promise((_, reject) => setTimeout(() => reject(new Error("the page reported nothing within 60 s")), 60_000)),
       ]);
     } finally {
-      browser.kill("SIGKILL");
+      // Every process of the browser, before its profile folder is removed.
+      process.kill(-browser.pid!, "SIGKILL");
+      await exited;
     }
   }
 
