@@ -1,12 +1,7 @@
 import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
-import { IngestEventStatus, type IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import type { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import { STATUS_TO_PROTO } from "../feed/ingest-event-message.js";
 import { createIngestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
-
-const eventStatusToProto = {
-  RECEIVED: IngestEventStatus.RECEIVED,
-  LINKED: IngestEventStatus.LINKED,
-  ERROR: IngestEventStatus.ERROR,
-} as const;
 
 /** The ingest command's result for the current request, left for request logs and metrics. */
 export const ingestResultKey = createContextKey<IngestMessageResult | undefined>(undefined, {
@@ -38,7 +33,7 @@ export function createIngestService(dependencies: IngestDependencies): ServiceIm
         eventId: result.eventId,
         contactId: result.contactId ?? "",
         status: "persisted",
-        eventStatus: eventStatusToProto[result.status],
+        eventStatus: STATUS_TO_PROTO[result.status],
         error: result.error ?? "",
         duplicate: result.duplicate,
       };
