@@ -28,6 +28,7 @@ export interface Database {
 }
 
 export interface DatabaseOptions {
+  /** Most connections in the pool (PostgreSQL; the embedded database always has one). */
   poolMax?: number;
   /**
    * Bound on every wait for the database: pool acquire, connect, each
@@ -44,9 +45,8 @@ export interface DatabaseOptions {
  * talk to it exactly as to a server: same dialect, same migrations, same SQL.
  */
 export async function openDatabase(target: DatabaseTarget, options: DatabaseOptions = {}): Promise<Database> {
-  const poolMax = options.poolMax ?? 10;
   if (target.kind === "postgres") {
-    const sequelize = createSequelize(target.url, poolMax, options.timeoutMs);
+    const sequelize = createSequelize(target.url, options.poolMax ?? 10, options.timeoutMs);
     const url = new URL(target.url);
     return {
       sequelize,
@@ -65,13 +65,18 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
   // relaxed), so a killed process loses nothing it acknowledged. PGlite does
   // not fsync, though: an operating system crash can lose recent commits.
   const pglite = await PGlite.create(target.dataDir, { relaxedDurability: false });
-  // PGlite runs one session; the socket server multiplexes our pool's
-  // connections onto it and keeps each transaction on its own connection.
+  // PGlite runs one session, so the pool has one connection whatever
+  // `poolMax` says: statements queue in the pool, one transaction at a time.
+  // With more, the socket server interleaves the connections' protocol
+  // messages on that session (one connection's Bind runs another's Parse),
+  // answering wrongly or hanging (electric-sql/pglite#1046; test/embedded-
+  // database.test.ts). The second socket slot lets the pool reconnect while
+  // a dropped connection is still being closed.
   const socket = await listenPrivately(inMemory ? undefined : target.dataDir);
-  const socketServer = new PGLiteSocketServer({ db: pglite, path: socket.path, maxConnections: poolMax + 2 });
+  const socketServer = new PGLiteSocketServer({ db: pglite, path: socket.path, maxConnections: 2 });
   await socketServer.start();
   await chmod(socket.path, 0o600);
-  const sequelize = createSequelize(`postgres://postgres@localhost/postgres?host=${encodeURIComponent(socket.dir)}`, poolMax, options.timeoutMs);
+  const sequelize = createSequelize(`postgres://postgres@localhost/postgres?host=${encodeURIComponent(socket.dir)}`, 1, options.timeoutMs);
   return {
     sequelize,
     kind: "embedded",
