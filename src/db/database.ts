@@ -70,10 +70,11 @@ export async function openDatabase(target: DatabaseTarget, options: DatabaseOpti
   // With more, the socket server interleaves the connections' protocol
   // messages on that session (one connection's Bind runs another's Parse),
   // answering wrongly or hanging (electric-sql/pglite#1046; test/embedded-
-  // database.test.ts). The second socket slot lets the pool reconnect while
-  // a dropped connection is still being closed.
+  // database.test.ts). The socket still takes a few more connections, for
+  // the pool's reconnects and for an operator's psql: few and rarely at the
+  // same moment as the service's own.
   const socket = await listenPrivately(inMemory ? undefined : target.dataDir);
-  const socketServer = new PGLiteSocketServer({ db: pglite, path: socket.path, maxConnections: 2 });
+  const socketServer = new PGLiteSocketServer({ db: pglite, path: socket.path, maxConnections: 10 });
   await socketServer.start();
   await chmod(socket.path, 0o600);
   const sequelize = createSequelize(`postgres://postgres@localhost/postgres?host=${encodeURIComponent(socket.dir)}`, 1, options.timeoutMs);
