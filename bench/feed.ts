@@ -6,6 +6,7 @@
  */
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { setMaxListeners } from "node:events";
 import pg from "pg";
 import { IngestEventService, WatchIngestEventsRequest_Start as Start } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
@@ -31,6 +32,8 @@ const clients = (baseUrl: string, token: string) => {
 export function openWatchStreams(baseUrl: string, token: string, count: number) {
   const { feed } = clients(baseUrl, token);
   const controller = new AbortController();
+  // Every stream listens on this one signal.
+  setMaxListeners(count + 10, controller.signal);
   const received = new Array<number>(count).fill(0);
   let failures = 0;
   const streams = received.map(async (_, i) => {

@@ -202,9 +202,10 @@ async function admin(url: URL, sql: string): Promise<void> {
 async function prepare(db: pg.Client, options: BenchOptions): Promise<void> {
   const started = Date.now();
   await db.query(seedContactsSql, [Math.max(options.senders, options.preloadContacts)]);
-  if (options.preloadEvents > 0) {
-    await db.query(preloadEventsSql, [options.preloadEvents, Math.max(options.senders, options.preloadContacts)]);
-  }
+  // The feed's List pages need events to return: without --preload, a short
+  // history, so a page's latency compares with the growth run's like for like.
+  const history = options.preloadEvents || (options.scenarios.some((scenario) => scenario.mode === "feed") ? 10_000 : 0);
+  if (history > 0) await db.query(preloadEventsSql, [history, Math.max(options.senders, options.preloadContacts)]);
   await db.query("VACUUM ANALYZE crm_contacts, crm_ingest_events");
   const { contacts, events } = await counts(db);
   console.log(`bench: seeded ${contacts} contacts and ${events} events in ${((Date.now() - started) / 1000).toFixed(1)} s`);
