@@ -58,7 +58,7 @@ describe(`health (${databaseKind})`, () => {
       body: {
         ready: true,
         database: "reachable",
-        schemaVersion: "2026.01.07T00.01.feed-relay-state",
+        schemaVersion: "2026.12.02T00.01.ingest-event-trace-parent",
         pendingMigrations: 0,
         shuttingDown: false,
       },
@@ -111,7 +111,7 @@ describe(`health (${databaseKind})`, () => {
     try {
       expect(await probe("/readyz")).toMatchObject({
         status: 503,
-        body: { ready: false, database: "reachable", schemaVersion: "2026.01.05T00.01.ingest-event-feed", pendingMigrations: 1 },
+        body: { ready: false, database: "reachable", schemaVersion: "2026.01.07T00.01.feed-relay-state", pendingMigrations: 1 },
       });
       expect(await check()).toBe(ServingStatus.SERVING);
     } finally {

@@ -52,6 +52,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.04T00.01.ingest-event-external-id",
       "2026.01.05T00.01.ingest-event-feed",
       "2026.01.07T00.01.feed-relay-state",
+      "2026.12.02T00.01.ingest-event-trace-parent",
     ]);
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
     expect(await indexes("crm_contacts")).toEqual(
@@ -66,8 +67,12 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await indexes("crm_ingest_events")).toEqual(
       expect.arrayContaining([expect.stringMatching(/UNIQUE INDEX crm_ingest_events_feed_position_key .*\(feed_xid, feed_seq\)/)]),
     );
+    expect(await columns("crm_ingest_events")).toContain("trace_parent");
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await columns("crm_ingest_events")).not.toContain("trace_parent");
+    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
     await migrator.down();
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_ingest_events"]);
     await migrator.down();
@@ -83,11 +88,11 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(5);
+    expect((await migrator.pending()).length).toBe(6);
 
     await migrator.up();
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
-    expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq"]));
+    expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent"]));
   });
 
   it("refuse a status outside RECEIVED, LINKED and ERROR", async () => {
@@ -121,7 +126,7 @@ describe("npm run migrate", () => {
     const first = await runScript("src/cli/migrate.ts", [], env);
     expect(first.code).toBe(0);
     expect(first.output).toContain(
-      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id, 2026.01.05T00.01.ingest-event-feed, 2026.01.07T00.01.feed-relay-state",
+      "applied: 2026.01.03T00.02.contacts-deals, 2026.01.03T00.03.ingest-events, 2026.01.04T00.01.ingest-event-external-id, 2026.01.05T00.01.ingest-event-feed, 2026.01.07T00.01.feed-relay-state, 2026.12.02T00.01.ingest-event-trace-parent",
     );
     expect(first.output).not.toMatch(/password/i);
 
@@ -131,17 +136,17 @@ describe("npm run migrate", () => {
 
     const status = await runScript("src/cli/migrate.ts", ["status"], env);
     expect(status.output).toMatch(
-      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed\napplied\s+2026.01.07T00.01.feed-relay-state/,
+      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed\napplied\s+2026.01.07T00.01.feed-relay-state\napplied\s+2026.12.02T00.01.ingest-event-trace-parent/,
     );
     const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
-    expect(status.output).toContain("schema version: 2026.01.07T00.01.feed-relay-state (5 applied, 0 pending)");
+    expect(status.output).toContain("schema version: 2026.12.02T00.01.ingest-event-trace-parent (6 applied, 0 pending)");
 
     const down = await runScript("src/cli/migrate.ts", ["down"], env);
-    expect(down.output).toContain("reverted: 2026.01.07T00.01.feed-relay-state");
+    expect(down.output).toContain("reverted: 2026.12.02T00.01.ingest-event-trace-parent");
     const after = await runScript("src/cli/migrate.ts", ["status"], env);
-    expect(after.output).toMatch(/applied\s+2026.01.05T00.01.ingest-event-feed\npending\s+2026.01.07T00.01.feed-relay-state/);
-    expect(after.output).toContain("schema version: 2026.01.05T00.01.ingest-event-feed (4 applied, 1 pending)");
+    expect(after.output).toMatch(/applied\s+2026.01.07T00.01.feed-relay-state\npending\s+2026.12.02T00.01.ingest-event-trace-parent/);
+    expect(after.output).toContain("schema version: 2026.01.07T00.01.feed-relay-state (5 applied, 1 pending)");
     // Five processes, each opening the database: the embedded one takes seconds to boot on a busy machine.
   }, 180_000);
 

@@ -1,6 +1,7 @@
 import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
+import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RelayConfig } from "../src/config.js";
 import { decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
@@ -102,6 +103,23 @@ describe(`feed relay (${databaseKind})`, () => {
     startRelay(config);
     await insertEvents(database.sequelize, 5, "json");
     await expectExactlyTheFeed(config);
+  });
+
+  it("carries each event's trace context as a traceparent header, and none for an event stored without one", async () => {
+    const traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const [traced] = await database.sequelize.query<{ id: string }>(
+      "INSERT INTO crm_ingest_events (source, sender_id, content, trace_parent) VALUES ('web', 'traced', 'x', $1) RETURNING id",
+      { bind: [traceParent], type: QueryTypes.SELECT },
+    );
+    const [untraced] = await insertEvents(database.sequelize, 1, "untraced");
+    for (const encoding of ["binary", "json"] as const) {
+      const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: `test.trace.${encoding}`, encoding });
+      startRelay(config);
+      await expectExactlyTheFeed(config);
+      const messages = await readStream(config.natsUrl, config.stream, encoding);
+      expect(messages.find((m) => m.event.id === traced.id)).toMatchObject({ traceParent, event: { traceParent } });
+      expect(messages.find((m) => m.event.id === untraced)).toMatchObject({ traceParent: undefined, event: { traceParent: "" } });
+    }
   });
 
   it("stops promptly while NATS has never been reachable", async () => {

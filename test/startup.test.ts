@@ -40,8 +40,8 @@ describe("npm start", () => {
     const listening = lines.findIndex((line) => /listening on/.test(line.msg));
     expect(listening).toBeGreaterThan(0);
     for (const line of lines.slice(0, listening + 1)) expect(line.database).toBe(`embedded ${dataDir}`);
-    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.01.07T00.01.feed-relay-state" });
-    expect(lines[listening].msg).toContain("schema 2026.01.07T00.01.feed-relay-state (5 applied, 0 pending)");
+    expect(lines[listening]).toMatchObject({ level: 30, schemaVersion: "2026.12.02T00.01.ingest-event-trace-parent" });
+    expect(lines[listening].msg).toContain("schema 2026.12.02T00.01.ingest-event-trace-parent (6 applied, 0 pending)");
 
     service.child.kill("SIGTERM");
     expect(await exited).toBe(0);
@@ -63,7 +63,7 @@ describe("npm start", () => {
       database = await createTestDatabase({ migrate: false, poolMax: 1 });
       const result = await runScript("src/main.ts", [], { DATABASE_URL: database.url, PORT: "0" });
       expect(result.code).toBe(1);
-      expect(result.output).toContain("5 pending migration(s)");
+      expect(result.output).toContain("6 pending migration(s)");
       expect(result.output).toContain("npm run migrate");
     });
   });

@@ -24,5 +24,6 @@ export function toIngestEventMessage(event: FeedEvent): IngestEvent {
     status: STATUS_TO_PROTO[event.status],
     error: event.error ?? "",
     createdAt: timestampFromDate(event.createdAt),
+    traceParent: event.traceParent ?? "",
   });
 }

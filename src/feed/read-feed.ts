@@ -16,6 +16,8 @@ export interface FeedEvent {
   status: IngestEventStatus;
   error: string | null;
   createdAt: Date;
+  /** The W3C traceparent of the request that stored the event; null when it came without a trace. */
+  traceParent: string | null;
   /** Where this event is in the feed; a consumer that processed it resumes after it. */
   position: FeedPosition;
 }
@@ -70,7 +72,7 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
 // The position comes back as text (xid8 and bigint exceed a JS number) under
 // names of its own: an output column named feed_xid would be what ORDER BY
 // feed_xid sorts by, as text.
-const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at,
+const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent,
   feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
 const READ_FEED = `
@@ -107,6 +109,7 @@ interface EventRow {
   status: IngestEventStatus;
   error: string | null;
   created_at: Date;
+  trace_parent: string | null;
   position_xid: string;
   position_seq: string;
 }
@@ -123,6 +126,7 @@ function toFeedEvent(row: EventRow): FeedEvent {
     status: row.status,
     error: row.error,
     createdAt: row.created_at,
+    traceParent: row.trace_parent,
     position: { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) },
   };
 }

@@ -5,7 +5,7 @@ import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { IngestEventSchema, type IngestEvent } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { loadConfig, type RelayConfig } from "../../src/config.js";
-import { FEED_POSITION_HEADER, RESUME_TOKEN_HEADER } from "../../src/feed/relay/feed-relay.js";
+import { FEED_POSITION_HEADER, RESUME_TOKEN_HEADER, TRACEPARENT_HEADER } from "../../src/feed/relay/feed-relay.js";
 import { readFeed, type FeedEvent } from "../../src/feed/read-feed.js";
 
 /** The relay's settings for a test: the defaults, on the given server and stream, with fast timings. */
@@ -21,6 +21,7 @@ export interface StreamMessage {
   msgId: string | undefined;
   resumeToken: string | undefined;
   position: string | undefined;
+  traceParent: string | undefined;
   event: IngestEvent;
 }
 
@@ -40,6 +41,8 @@ export async function readStream(natsUrl: string, stream: string, encoding: "bin
         msgId: message.header?.get("Nats-Msg-Id"),
         resumeToken: message.header?.get(RESUME_TOKEN_HEADER),
         position: message.header?.get(FEED_POSITION_HEADER),
+        // A header that is not there reads as "".
+        traceParent: message.header?.get(TRACEPARENT_HEADER) || undefined,
         event: encoding === "json" ? fromJsonString(IngestEventSchema, message.string()) : fromBinary(IngestEventSchema, message.data),
       });
     }
@@ -72,6 +75,9 @@ export function auditStream(messages: StreamMessage[], feed: FeedEvent[]): strin
     if (message.event.id !== event.id) return `message ${i + 1} is event ${message.event.id}; the feed has ${event.id} there`;
     if (message.msgId !== event.id) return `message ${i + 1} has Nats-Msg-Id ${message.msgId}, not ${event.id}`;
     if (message.position !== `${event.position.xid}:${event.position.seq}`) return `message ${i + 1} has position ${message.position}`;
+    if (message.traceParent !== (event.traceParent ?? undefined) || message.event.traceParent !== (event.traceParent ?? "")) {
+      return `message ${i + 1} does not carry event ${event.id}'s trace_parent`;
+    }
     if (message.event.senderId !== event.senderId || message.event.content !== event.content || message.event.source !== event.source) {
       return `message ${i + 1} does not carry event ${event.id}'s fields`;
     }

@@ -68,6 +68,10 @@ export class IngestEvent extends Model {
   @Column({ type: DataType.TEXT, allowNull: true })
   declare externalId: string | null;
 
+  /** The W3C traceparent of the request that stored the event (docs/tracing.md); null when it came without a trace. */
+  @Column({ type: DataType.TEXT, allowNull: true })
+  declare traceParent: string | null;
+
   /**
    * The transaction that wrote the event (xid8, as text; '0' for events
    * stored before the feed existed). Filled by the database's default: the

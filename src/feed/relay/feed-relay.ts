@@ -27,6 +27,8 @@ import { loadRelayState, relayBacklog, saveRelayState } from "./relay-state.js";
 export const RESUME_TOKEN_HEADER = "Aurora-Resume-Token";
 /** The feed position in plain text, `<xid>:<seq>`: what the relay reconciles with. */
 export const FEED_POSITION_HEADER = "Aurora-Feed-Position";
+/** The W3C trace context the event was stored in, when it has one: consumers link their spans to it. */
+export const TRACEPARENT_HEADER = "traceparent";
 
 /** What `/readyz` shows of the relay. */
 export interface RelayStatus {
@@ -363,6 +365,7 @@ export class FeedRelay {
     h.set(RESUME_TOKEN_HEADER, encodeResumeToken(this.identity!, event.position));
     h.set(FEED_POSITION_HEADER, formatPosition(event.position));
     h.set("Content-Type", this.config.encoding === "json" ? "application/json" : "application/protobuf");
+    if (event.traceParent) h.set(TRACEPARENT_HEADER, event.traceParent);
     const published: Published = {
       event,
       streamSeq,
