@@ -1,11 +1,14 @@
+import type { Context, Span } from "@opentelemetry/api";
 import { DatabaseError, Op, QueryTypes, UniqueConstraintError, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
-import { DuplicateConflictError } from "./errors.js";
+import type { Tracing } from "../observability/tracing.js";
+import { DuplicateConflictError, sqlState } from "./errors.js";
 import type { FeedNotifier } from "../feed/feed-notifier.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
 import { senderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
 import { IngestBatcher, type BatcherOptions } from "./ingest-batcher.js";
+import { createBatchTracer } from "./batch-span.js";
 
 /** What the command works with: the database, the identity rules' settings and how messages are batched. */
 export interface IngestDependencies extends IdentityOptions {
@@ -14,6 +17,8 @@ export interface IngestDependencies extends IdentityOptions {
   ingestBatch?: Partial<BatcherOptions>;
   /** Told after each event this process commits, so the feed's watchers see it at once. */
   feedNotifier?: FeedNotifier;
+  /** OpenTelemetry tracing: one database span per batch write. Absent: no tracing code runs. */
+  tracing?: Tracing;
 }
 
 /** One inbound message, as the RPC handler hands it over (already validated). */
@@ -24,6 +29,10 @@ export interface IngestMessageInput {
   metadata: Record<string, unknown>;
   /** The message's own id, unique per source; null when the client sent none. */
   externalId: string | null;
+  /** The W3C traceparent stored with the event (docs/tracing.md); null or absent: none. */
+  traceParent?: string | null;
+  /** The request's span, when tracing is on: the batch's database span links to it. */
+  trace?: Context;
 }
 
 /** What was stored: the event, its status and, when linked, the contact. */
@@ -60,9 +69,14 @@ export const DEFAULT_INGEST_BATCH: Pick<BatcherOptions, "maxBatch" | "maxInFligh
  */
 export function createIngestMessage(dependencies: IngestDependencies): IngestMessage {
   const { sequelize } = dependencies;
+  // Chosen once: without tracing, a batch is written with no span code on the way.
+  const traced = dependencies.tracing && createBatchTracer(dependencies.tracing, sequelize);
+  const write = traced
+    ? (events: PendingEvent[]) => traced(events.map((event) => event.input.trace), (span) => storeEvents(sequelize, events, span))
+    : (events: PendingEvent[]) => storeEvents(sequelize, events);
   // Once a batch committed, the feed's watchers in this process are woken at once.
   const store = async (events: PendingEvent[]) => {
-    const results = await storeEvents(sequelize, events);
+    const results = await write(events);
     if (results.some((result) => !(result instanceof Error) && !result.duplicate)) dependencies.feedNotifier?.committed();
     return results;
   };
@@ -99,18 +113,23 @@ export function createIngestMessage(dependencies: IngestDependencies): IngestMes
  * the contact. A deadlock (two batches inserting the same external_ids in
  * opposite order, made rare by inserting in key order) is retried alike.
  * A value the database refuses (a data exception) would fail the batch:
- * each message is then written alone, so only the bad one fails.
+ * each message is then written alone, so only the bad one fails. Both show
+ * as events on the batch's span, when there is one.
  */
-async function storeEvents(sequelize: Sequelize, events: PendingEvent[]): Promise<Array<IngestMessageResult | Error>> {
+async function storeEvents(sequelize: Sequelize, events: PendingEvent[], span?: Span): Promise<Array<IngestMessageResult | Error>> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await sequelize.transaction((transaction) => writeBatch(sequelize, events, transaction));
     } catch (error) {
-      if (isRace(error) && attempt < 3) continue;
+      if (isRace(error) && attempt < 3) {
+        span?.addEvent("aurora.ingest.retry", { "db.response.status_code": sqlState(error), "aurora.ingest.attempt": attempt + 1 });
+        continue;
+      }
       if (isDataError(error) && events.length > 1) {
+        span?.addEvent("aurora.ingest.split", { "db.response.status_code": sqlState(error), "aurora.ingest.batch.size": events.length });
         return Promise.all(
           events.map((event) =>
-            storeEvents(sequelize, [event]).then(
+            storeEvents(sequelize, [event], span).then(
               ([result]) => result,
               (alone: unknown) => (alone instanceof Error ? alone : new Error(String(alone))),
             ),
@@ -122,10 +141,6 @@ async function storeEvents(sequelize: Sequelize, events: PendingEvent[]): Promis
   }
 }
 
-const sqlState = (error: unknown) => {
-  const code = (error as { original?: { code?: unknown } } | undefined)?.original?.code;
-  return typeof code === "string" ? code : "";
-};
 const isRace = (error: unknown) => error instanceof UniqueConstraintError || sqlState(error) === "40P01";
 const isDataError = (error: unknown) => error instanceof DatabaseError && sqlState(error).startsWith("22");
 
@@ -153,6 +168,7 @@ async function writeBatch(
       column((e) => e.email),
       column((e) => e.status),
       column((e) => e.error),
+      column((e) => e.input.traceParent ?? null),
     ],
     transaction,
     type: QueryTypes.SELECT,
@@ -212,8 +228,8 @@ async function writeBatch(
 const STORE_EVENTS = `
   WITH message AS MATERIALIZED (
     SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
-      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, n)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, trace_parent, n)
     LEFT JOIN crm_contacts by_whatsapp ON by_whatsapp.whatsapp_id = m.whatsapp_id
     LEFT JOIN crm_contacts by_email ON by_email.email = m.email
   ), new_contact AS MATERIALIZED (
@@ -227,8 +243,8 @@ const STORE_EVENTS = `
       AND new_contact.email IS NOT DISTINCT FROM message.email
       AND message.status = 'LINKED'
   ), event AS (
-    INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error)
-    SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id, status, error
+    INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error, trace_parent)
+    SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id, status, error, trace_parent
     FROM resolved ORDER BY source, external_id, n
     ON CONFLICT (source, external_id) DO NOTHING
     RETURNING id, contact_id

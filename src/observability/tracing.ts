@@ -37,6 +37,29 @@ export interface TracingOptions extends TracingConfig {
 /** The span of the request being served, as a context its child spans start from. */
 export const requestTraceKey = createContextKey<Context | undefined>(undefined, { description: "trace context of the current request" });
 
+/**
+ * A W3C `traceparent` of version 00 (https://www.w3.org/TR/trace-context/#traceparent-header):
+ * lower-case hex, a trace id and a span id that are not all zeros, and flags.
+ */
+const TRACEPARENT = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+/** The header if it is a well-formed `traceparent`, else null. */
+export function validTraceParent(header: string | null): string | null {
+  return header !== null && TRACEPARENT.test(header) ? header : null;
+}
+
+/**
+ * The `traceparent` an ingested event is stored with (docs/tracing.md): the
+ * request's server span when tracing is on; when it is off, the caller's own
+ * as received, if well-formed, so the trace goes on past a service that does
+ * not export; otherwise null.
+ */
+export function eventTraceParent(tracing: Tracing | undefined, request: Context | undefined, header: Headers): string | null {
+  const span = tracing && request && trace.getSpanContext(request);
+  if (span) return tracing.inject(span).traceparent ?? null;
+  return validTraceParent(header.get("traceparent"));
+}
+
 const headersGetter: TextMapGetter<Headers> = {
   get: (headers, key) => headers.get(key) ?? undefined,
   keys: (headers) => [...headers.keys()],

@@ -2,6 +2,7 @@ import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
 import type { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { STATUS_TO_PROTO } from "../feed/ingest-event-message.js";
 import { createIngestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
+import { eventTraceParent, requestTraceKey } from "../observability/tracing.js";
 
 /** The ingest command's result for the current request, left for request logs and metrics. */
 export const ingestResultKey = createContextKey<IngestMessageResult | undefined>(undefined, {
@@ -17,6 +18,7 @@ export function createIngestService(dependencies: IngestDependencies): ServiceIm
   const ingestMessage = createIngestMessage(dependencies);
   return {
     async ingestMessage(request, context) {
+      const trace = context.values.get(requestTraceKey);
       const result = await ingestMessage(
         {
           source: request.source,
@@ -24,6 +26,8 @@ export function createIngestService(dependencies: IngestDependencies): ServiceIm
           content: request.content,
           metadata: request.metadata ?? {},
           externalId: request.externalId ?? null,
+          traceParent: eventTraceParent(dependencies.tracing, trace, context.requestHeader),
+          trace,
         },
         // Cancelled or past its deadline: left out of the batch it waits for.
         context.signal,

@@ -11,6 +11,7 @@ import type { BatcherOptions } from "../ingest/ingest-batcher.js";
 import { createIngestEventService } from "./ingest-event-service.js";
 import { createIngestService } from "./ingest-service.js";
 import { registerReflection } from "./reflection-service.js";
+import type { Tracing } from "../observability/tracing.js";
 import type { OpenStreams } from "./stream-limits.js";
 
 /** Everything the RPC handlers need, created by the entry point and handed in. */
@@ -25,6 +26,8 @@ export interface ServiceDependencies {
   ingestBatch?: Partial<BatcherOptions>;
   /** This process's watch hub: serves WatchIngestEvents, and is told of each local commit. */
   feedHub: FeedHub;
+  /** OpenTelemetry tracing; when absent no tracing code runs at all. */
+  tracing?: Tracing;
 }
 
 /** The services on the router, besides reflection, which lists them and itself. */

@@ -1,7 +1,7 @@
 /** Resolves once `condition()` holds, polling every 10 ms; fails after `timeoutMs`. */
-export async function waitFor(condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+export async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
