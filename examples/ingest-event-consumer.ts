@@ -13,10 +13,20 @@
  *
  * CONSUMER_DATABASE_URL is the consumer's own database, never the ingest
  * service's. Stop it with SIGTERM or Ctrl-C.
+ *
+ * With OTEL_EXPORTER_OTLP_ENDPOINT set (and the other standard OTEL_*
+ * variables), each message is processed in a CONSUMER span exported over
+ * OTLP, with a link to the span that stored the event (the message's
+ * `traceparent` header): the trace goes on from the gateway to here.
  */
 import { fromBinary, fromJsonString } from "@bufbuild/protobuf";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
+import { connect, type MsgHdrs } from "@nats-io/transport-node";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import pg from "pg";
 import { IngestEventSchema, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 
@@ -27,6 +37,21 @@ const durable = env.CONSUMER_NAME || "example-source-counter";
 const ackWaitMs = Number(env.CONSUMER_ACK_WAIT_MS || 30_000);
 // For the test suite: die (SIGKILL) after the Nth commit, before acknowledging it.
 const crashAfterCommit = Number(env.CONSUMER_CRASH_AFTER_COMMIT || 0);
+
+// The exporter reads OTEL_EXPORTER_OTLP_* itself; the batch processor, OTEL_BSP_*.
+const tracing =
+  env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    ? new BasicTracerProvider({
+        resource: resourceFromAttributes({ "service.name": env.OTEL_SERVICE_NAME || durable }),
+        spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter())],
+      })
+    : undefined;
+const tracer = tracing?.getTracer("ingest-event-consumer");
+const propagator = new W3CTraceContextPropagator();
+const natsHeaders = {
+  get: (headers: MsgHdrs | undefined, key: string) => headers?.get(key) || undefined,
+  keys: (headers: MsgHdrs | undefined) => headers?.keys() ?? [],
+};
 
 const db = new pg.Pool({ connectionString: env.CONSUMER_DATABASE_URL, max: 2 });
 await db.query(`CREATE TABLE IF NOT EXISTS example_processed_events (
@@ -55,12 +80,20 @@ const stop = async () => {
   messages.stop();
   await nc.drain();
   await db.end();
+  await tracing?.shutdown();
   process.exit(0);
 };
 process.on("SIGTERM", () => void stop());
 process.on("SIGINT", () => void stop());
 
 for await (const message of messages) {
+  const span = tracer && processSpan(tracer, message);
+  if (!(await processMessage(message))) span?.setStatus({ code: SpanStatusCode.ERROR });
+  span?.end();
+}
+
+/** Applies one message's event once and acknowledges it; false when it failed and will come again. */
+async function processMessage(message: JsMsg): Promise<boolean> {
   const event = decode(message);
   const client = await db.connect();
   let applied: boolean;
@@ -81,7 +114,7 @@ for await (const message of messages) {
     await client.query("ROLLBACK").catch(() => undefined);
     // Not acknowledged: JetStream delivers it again after ack_wait.
     console.error(`event ${event.id} failed, will be redelivered:`, error);
-    continue;
+    return false;
   } finally {
     client.release();
   }
@@ -89,6 +122,32 @@ for await (const message of messages) {
   commits += 1;
   if (commits === crashAfterCommit) process.kill(process.pid, "SIGKILL");
   message.ack();
+  return true;
+}
+
+/**
+ * A CONSUMER span for one message (OpenTelemetry's messaging conventions).
+ * It starts a trace of its own and links to the span that stored the event,
+ * named by the message's `traceparent` header, when it has one.
+ */
+function processSpan(tracer: Tracer, message: JsMsg): Span {
+  const stored = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, message.headers, natsHeaders));
+  return tracer.startSpan(
+    `process ${message.subject}`,
+    {
+      kind: SpanKind.CONSUMER,
+      links: stored ? [{ context: stored }] : [],
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": message.subject,
+        "messaging.consumer.group.name": durable,
+        "messaging.message.id": message.headers?.get("Nats-Msg-Id") ?? "",
+      },
+    },
+    ROOT_CONTEXT,
+  );
 }
 
 function decode(message: JsMsg): IngestEvent {

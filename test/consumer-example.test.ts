@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { Registry } from "prom-client";
 import pg from "pg";
@@ -7,12 +8,18 @@ import { FeedRelay } from "../src/feed/relay/feed-relay.js";
 import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { createLogger } from "../src/observability/logger.js";
 import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createTracing } from "../src/observability/tracing.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
+import { startOtlpReceiver } from "./support/otlp-receiver.js";
 import { insertEvents, relayConfig, wholeFeed } from "./support/relay.js";
+import { startTestServer } from "./support/server.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const STREAM = "CONSUMER_EXAMPLE";
+/** OTLP span kinds. */
+const SERVER = 2;
+const CONSUMER = 5;
 let ingest: TestDatabase;
 let consumerDatabase: TestDatabase;
 let nats: TestNats;
@@ -94,4 +101,56 @@ describe(`the example consumer (${databaseKind})`, () => {
     expect(current).toEqual({ processed: total, effects: total });
     expect(consumer.output()).toMatch(/redelivered: already processed/);
   }, 180_000);
+});
+
+describe(`the example consumer's trace (${databaseKind})`, () => {
+  it("processes each message in a CONSUMER span linked to the span that ingested the event", async () => {
+    const receiver = await startOtlpReceiver();
+    const tracing = await createTracing({ protocol: "http/protobuf", url: `${receiver.endpoint}/v1/traces` });
+    const server = await startTestServer(ingest, { tracing });
+    // A durable of its own: it reads the whole stream, the first test's events too.
+    const consumer = startConsumer({
+      CONSUMER_NAME: "example-traced",
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+      OTEL_SERVICE_NAME: "example-consumer",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+    });
+    try {
+      const traceId = randomBytes(16).toString("hex");
+      const response = await fetch(`${server.baseUrl}/ingest/message`, {
+        method: "POST",
+        headers: { "content-type": "application/json", traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` },
+        body: JSON.stringify({ source: "whatsapp", sender_id: "5511955551234", content: "rastreada" }),
+      });
+      const { event_id: eventId } = (await response.json()) as { event_id: string };
+      await tracing.forceFlush();
+      const ingested = await receiver.waitFor((span) => span.traceId === traceId && span.kind === SERVER);
+
+      const processed = await receiver.waitFor((span) => span.kind === CONSUMER && span.attributes["messaging.message.id"] === eventId, 60_000);
+      expect(processed).toMatchObject({
+        name: "process aurora.crm.v1.ingest_events.whatsapp",
+        parentSpanId: "",
+        links: [{ traceId, spanId: ingested.spanId }],
+        status: { code: 0 },
+        resource: { "service.name": "example-consumer" },
+      });
+      expect(processed.traceId).not.toBe(traceId);
+      expect(processed.attributes).toMatchObject({
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "aurora.crm.v1.ingest_events.whatsapp",
+        "messaging.consumer.group.name": "example-traced",
+      });
+      // An event stored without a trace is processed in a span without a link.
+      const [untracedId] = await insertEvents(ingest.sequelize, 1, "untraced");
+      const untraced = await receiver.waitFor((span) => span.kind === CONSUMER && span.attributes["messaging.message.id"] === untracedId, 60_000);
+      expect(untraced.links).toEqual([]);
+    } finally {
+      consumer.child.kill("SIGTERM");
+      await consumer.exited;
+      await server.server.close();
+      await tracing.shutdown();
+      await receiver.close();
+    }
+  }, 120_000);
 });
