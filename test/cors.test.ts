@@ -41,6 +41,8 @@ describe(`CORS with CORS_ALLOWED_ORIGINS set (${databaseKind})`, () => {
         "grpc-timeout",
         "authorization",
         "x-request-id",
+        "traceparent",
+        "tracestate",
       ]),
     );
     expect(response.headers.get("access-control-max-age")).toBe("7200");

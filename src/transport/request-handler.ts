@@ -13,7 +13,6 @@ import { validationInterceptors } from "../interceptors/validation.js";
 import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
 import { createRequestObserver, REQUEST_ID_HEADER } from "../observability/request-observer.js";
-import type { Tracing } from "../observability/tracing.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
@@ -45,8 +44,6 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   bodyTimeoutMs: number;
   /** Web origins whose pages may call the service (CORS); `*` for any; none or empty: no cross-origin access. */
   corsAllowedOrigins?: string[];
-  /** OpenTelemetry tracing; when absent no tracing code runs at all. */
-  tracing?: Tracing;
   /** The feed relay, when on: `/readyz` shows its state (it never makes the service unready). */
   relay?: { status(): RelayStatus };
 }
@@ -112,13 +109,14 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true },
   });
   // Browsers on the allowed origins may call every protocol a browser can
-  // speak (Connect, gRPC-Web), with a bearer token and a request id.
+  // speak (Connect, gRPC-Web), with a bearer token, a request id and the
+  // W3C trace context that OpenTelemetry's browser instrumentation sends.
   const origins = options.corsAllowedOrigins ?? [];
   const allowCors = origins.length
     ? corsMiddleware({
         origin: origins.includes("*") ? "*" : origins,
         methods: [...cors.allowedMethods],
-        allowedHeaders: [...cors.allowedHeaders, "Authorization", REQUEST_ID_HEADER],
+        allowedHeaders: [...cors.allowedHeaders, "Authorization", REQUEST_ID_HEADER, "traceparent", "tracestate"],
         exposedHeaders: [...cors.exposedHeaders, REQUEST_ID_HEADER],
         maxAge: 7200,
       })
