@@ -75,7 +75,8 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
 const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent,
   feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
-const READ_FEED = `
+/** The page read; exported so a test can check its plan stays an index range scan. */
+export const READ_FEED = `
     SELECT ${COLUMNS} FROM crm_ingest_events
     WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
       AND feed_xid < pg_snapshot_xmin(pg_current_snapshot())
