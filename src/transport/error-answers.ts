@@ -1,9 +1,10 @@
 import type { DescMessage } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   createAsyncIterable,
   encodeEnvelope,
   type UniversalHandler,
+  type UniversalHandlerFn,
   type UniversalServerRequest,
   type UniversalServerResponse,
 } from "@connectrpc/connect/protocol";
@@ -22,8 +23,7 @@ export interface ErrorAnswerOptions {
 }
 
 /**
- * Registers the routes, then makes every handler's error answers say what
- * went wrong, in the protocol the client speaks. Connect answers some
+ * Makes a handler's error answers say what went wrong, in the protocol the client speaks. Connect answers some
  * requests before any interceptor runs, so this is done on its responses:
  *
  * - A body that is not valid protobuf binary (truncated, a string that is
@@ -40,17 +40,8 @@ export interface ErrorAnswerOptions {
  *   which leaves `%3A` (`:`), `%2C` (`,`), `%3B` (`;`), `%24` (`$`)… as
  *   they are: its users would read `source%3A value does not match…`.
  */
-export function withReadableErrors(routes: (router: ConnectRouter) => void, options: ErrorAnswerOptions = {}) {
-  return (router: ConnectRouter) => {
-    routes(router);
-    // The Node adapter reads the handlers after this returns.
-    router.handlers.forEach((handler, index) => {
-      router.handlers[index] = Object.assign(
-        async (request: UniversalServerRequest) => readable(request, await handler(request), handler, options),
-        handler,
-      );
-    });
-  };
+export function withReadableErrors(handler: UniversalHandler, options: ErrorAnswerOptions = {}): UniversalHandlerFn {
+  return async (request) => readable(request, await handler(request), handler, options);
 }
 
 /**

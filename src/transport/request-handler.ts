@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import { cors } from "@connectrpc/connect";
+import { cors, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import corsMiddleware from "cors";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
@@ -19,8 +19,8 @@ import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
 import type { RelayStatus } from "../feed/relay/feed-relay.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
 import { acceptedCompressions } from "./compression.js";
-import { answerUnknownPath, withReadableErrors } from "./error-answers.js";
-import { limitRequestBodies } from "./request-size.js";
+import { answerUnknownPath, withReadableErrors, type ErrorAnswerOptions } from "./error-answers.js";
+import { limitRequestBody, type RequestBodyLimits } from "./request-size.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -93,7 +93,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const jsonOptions = { ignoreUnknownFields: false, textDecoder: new TextDecoder("utf-8", { fatal: true }) };
   const connectHandler = connectNodeAdapter({
     ...adapterOptions,
-    routes: limitRequestBodies(withReadableErrors(registerRoutes), { bodyTimeoutMs: options.bodyTimeoutMs }),
+    routes: withAnswerRules(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs }),
     jsonOptions,
     fallback: answerUnknownPath(servedPaths),
   });
@@ -102,10 +102,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   // Its statuses are plain HTTP's: 413 for a body too large, 408 for one too slow.
   const plainJsonHandler = connectNodeAdapter({
     ...adapterOptions,
-    routes: limitRequestBodies(withReadableErrors(registerRoutes, { plainPath: PLAIN_INGEST_PATH }), {
-      bodyTimeoutMs: options.bodyTimeoutMs,
-      plainHttpStatuses: true,
-    }),
+    routes: withAnswerRules(registerRoutes, { bodyTimeoutMs: options.bodyTimeoutMs, plainHttpStatuses: true }, { plainPath: PLAIN_INGEST_PATH }),
     jsonOptions: { ...jsonOptions, useProtoFieldName: true, alwaysEmitImplicit: true },
   });
   // Browsers on the allowed origins may call every protocol a browser can
@@ -138,5 +135,19 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     if (!allowCors) return serve(req, res);
     // Answers a preflight itself; for any other request it adds the headers, then goes on.
     allowCors(req, res, () => serve(req, res));
+  };
+}
+
+/**
+ * Registers the routes, then wraps every handler so that it bounds how its
+ * body is received (request-size.ts) and says clearly what went wrong
+ * (error-answers.ts). The Node adapter reads the handlers after this returns.
+ */
+function withAnswerRules(register: (router: ConnectRouter) => void, limits: RequestBodyLimits, answers?: ErrorAnswerOptions) {
+  return (router: ConnectRouter) => {
+    register(router);
+    router.handlers.forEach((handler, index) => {
+      router.handlers[index] = Object.assign(limitRequestBody(withReadableErrors(handler, answers), limits), handler);
+    });
   };
 }

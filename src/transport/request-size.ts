@@ -1,5 +1,5 @@
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { UniversalHandlerFn, UniversalServerRequest } from "@connectrpc/connect/protocol";
 
 export interface RequestBodyLimits {
   /** Longest a client may take to send a body once Connect starts reading it. */
@@ -13,11 +13,11 @@ export interface RequestBodyLimits {
 }
 
 /**
- * Registers the routes, then bounds how every handler receives its request
- * body. The size limit itself is Connect's `readMaxBytes` (a declared length
- * over it is refused before a byte is read, an undeclared one as soon as the
- * count passes it, a compressed one as soon as it decompresses past it),
- * which answers `resource_exhausted`. Here:
+ * Bounds how a handler receives its request body. The size limit itself is
+ * Connect's `readMaxBytes` (a declared length over it is refused before a
+ * byte is read, an undeclared one as soon as the count passes it, a
+ * compressed one as soon as it decompresses past it), which answers
+ * `resource_exhausted`. Here:
  * - the body must arrive within `bodyTimeoutMs`, or the call fails with
  *   `deadline_exceeded`: a client that sends headers and then trickles or
  *   withholds its body cannot hold a request open;
@@ -26,23 +26,16 @@ export interface RequestBodyLimits {
  * Working on Connect's universal request and response keeps this out of
  * Node's request objects; the RPC paths keep Connect's and gRPC's own mapping.
  */
-export function limitRequestBodies(routes: (router: ConnectRouter) => void, limits: RequestBodyLimits) {
-  return (router: ConnectRouter) => {
-    routes(router);
-    // The Node adapter reads the handlers after this returns.
-    router.handlers.forEach((handler, index) => {
-      const limited = async (request: UniversalServerRequest) => {
-        const body = request.body;
-        if (typeof body !== "object" || body === null || !(Symbol.asyncIterator in body)) return handler(request);
-        const deadline = { expired: false };
-        const response = await handler({ ...request, body: receivedWithin(body, limits.bodyTimeoutMs, deadline) });
-        if (!limits.plainHttpStatuses) return response;
-        if (response.status === 429) return { ...response, status: 413 };
-        if (response.status === 504 && deadline.expired) return { ...response, status: 408 };
-        return response;
-      };
-      router.handlers[index] = Object.assign(limited, handler);
-    });
+export function limitRequestBody(handler: UniversalHandlerFn, limits: RequestBodyLimits): UniversalHandlerFn {
+  return async (request: UniversalServerRequest) => {
+    const body = request.body;
+    if (typeof body !== "object" || body === null || !(Symbol.asyncIterator in body)) return handler(request);
+    const deadline = { expired: false };
+    const response = await handler({ ...request, body: receivedWithin(body, limits.bodyTimeoutMs, deadline) });
+    if (!limits.plainHttpStatuses) return response;
+    if (response.status === 429) return { ...response, status: 413 };
+    if (response.status === 504 && deadline.expired) return { ...response, status: 408 };
+    return response;
   };
 }
 
