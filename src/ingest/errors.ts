@@ -1,3 +1,5 @@
+import { DatabaseError } from "sequelize";
+
 /**
  * A retry named an external_id that is already stored for its source, but
  * with a different sender or content: the key was reused for another
@@ -19,4 +21,12 @@ export class DuplicateConflictError extends Error {
 export function sqlState(error: unknown): string {
   const code = (error as { original?: { code?: unknown } } | undefined)?.original?.code;
   return typeof code === "string" ? code : "";
+}
+
+/**
+ * A value the database refused to store: SQLSTATE class 22, "data exception"
+ * (for example a NUL character, which JSON allows and PostgreSQL text does not).
+ */
+export function isDataError(error: unknown): boolean {
+  return error instanceof DatabaseError && sqlState(error).startsWith("22");
 }

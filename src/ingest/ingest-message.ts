@@ -1,8 +1,8 @@
 import type { Context, Span } from "@opentelemetry/api";
-import { DatabaseError, Op, QueryTypes, UniqueConstraintError, type Transaction } from "sequelize";
+import { Op, QueryTypes, UniqueConstraintError, type Transaction } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import type { Tracing } from "../observability/tracing.js";
-import { DuplicateConflictError, sqlState } from "./errors.js";
+import { DuplicateConflictError, isDataError, sqlState } from "./errors.js";
 import type { FeedNotifier } from "../feed/feed-notifier.js";
 import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
@@ -142,7 +142,6 @@ async function storeEvents(sequelize: Sequelize, events: PendingEvent[], span?: 
 }
 
 const isRace = (error: unknown) => error instanceof UniqueConstraintError || sqlState(error) === "40P01";
-const isDataError = (error: unknown) => error instanceof DatabaseError && sqlState(error).startsWith("22");
 
 interface BatchRow {
   n: number;

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ConnectionError, DatabaseError } from "sequelize";
-import { DuplicateConflictError } from "../ingest/errors.js";
+import { DuplicateConflictError, isDataError } from "../ingest/errors.js";
 import { requestLoggerKey, type Logger } from "../observability/logger.js";
 import { FeedClosedError, FeedWatchLimitError, IngestEventNotFoundError, InvalidFeedTokenError } from "../feed/errors.js";
 
@@ -24,12 +24,7 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof IngestEventNotFoundError) return new ConnectError(error.message, Code.NotFound);
   if (error instanceof FeedWatchLimitError) return new ConnectError(error.message, Code.ResourceExhausted);
   if (error instanceof FeedClosedError) return new ConnectError(error.message, Code.Unavailable);
-  if (error instanceof DatabaseError) {
-    const sqlState = String((error.original as { code?: string | number } | undefined)?.code ?? "");
-    // Class 22 is "data exception": the value itself was refused (for
-    // example a NUL character, which JSON allows and PostgreSQL text does not).
-    if (sqlState.startsWith("22")) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);
-  }
+  if (isDataError(error)) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);
   if (isDatabaseUnavailable(error)) {
     log.warn({ err: error }, "database unavailable");
     return new ConnectError("database unavailable, retry later", Code.Unavailable);
