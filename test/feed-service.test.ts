@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WatchIngestEventsRequest_Start as Start } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestEventKind, WatchIngestEventsRequest_Start as Start } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestEventStatus } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { databaseKind } from "./support/database.js";
 import { feedClient, feedTransports, ingestClient, listAllIds, openWatch } from "./support/feed.js";
@@ -36,6 +36,7 @@ describe(`IngestEventService (${databaseKind})`, () => {
       contactId: stored.contactId,
       status: IngestEventStatus.LINKED,
       error: "",
+      kind: IngestEventKind.MESSAGE,
     });
     expect(Math.abs(Number(ingestEvent!.createdAt!.seconds) * 1000 - Date.now())).toBeLessThan(60_000);
 

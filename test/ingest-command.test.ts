@@ -80,6 +80,33 @@ describe(`ingestMessage: statuses (${databaseKind})`, () => {
   });
 });
 
+describe(`ingestMessage: kinds (${databaseKind})`, () => {
+  it("stores a message as kind MESSAGE when no kind is given", async () => {
+    const result = await ingest({ source: "web", senderId: "visitor-kind-1" });
+    expect((await event(result.eventId)).kind).toBe("MESSAGE");
+  });
+
+  it("links an event of another kind to the sender's existing contact", async () => {
+    const message = await ingest({ source: "whatsapp", senderId: "5511977770001", content: "oi" });
+    const status = await ingest({ source: "whatsapp", senderId: "5511977770001", content: "[read]", kind: "STATUS", externalId: "wamid.kind-1:read" });
+    expect(status).toMatchObject({ contactId: message.contactId, contactCreated: false, status: "LINKED", duplicate: false });
+    expect(await event(status.eventId)).toMatchObject({ kind: "STATUS", status: "LINKED", contact_id: message.contactId });
+  });
+
+  it("never creates a contact for an event of another kind: it is stored RECEIVED without one, in a batch beside a message that does create one", async () => {
+    const before = await count(database, "crm_contacts");
+    const [status, message] = await Promise.all([
+      ingest({ source: "whatsapp", senderId: "5511977770002", content: "[delivered]", kind: "STATUS", externalId: "wamid.kind-2:delivered" }),
+      ingest({ source: "whatsapp", senderId: "5511977770003", content: "oi" }),
+    ]);
+    expect(status).toMatchObject({ contactId: null, contactCreated: false, status: "RECEIVED", error: null });
+    expect(await event(status.eventId)).toMatchObject({ kind: "STATUS", status: "RECEIVED", contact_id: null });
+    expect(message).toMatchObject({ contactCreated: true, status: "LINKED" });
+    expect(await count(database, "crm_contacts")).toBe(before + 1);
+    expect(await contactsWith("whatsapp_id", "5511977770002")).toEqual([]);
+  });
+});
+
 describe(`ingestMessage: identity (${databaseKind})`, () => {
   it("makes one contact of one number sent concurrently in every form, with and without the ninth digit", async () => {
     const forms = ["5511987654321", "551187654321", "+55 (11) 8765-4321", "551187654321@c.us", "5511987654321@s.whatsapp.net", "(11) 8765-4321"];

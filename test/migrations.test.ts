@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { QueryTypes } from "sequelize";
@@ -53,6 +53,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.05T00.01.ingest-event-feed",
       "2026.01.07T00.01.feed-relay-state",
       "2026.12.02T00.01.ingest-event-trace-parent",
+      "2026.12.04T00.01.ingest-event-kind",
     ]);
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
     expect(await indexes("crm_contacts")).toEqual(
@@ -68,8 +69,12 @@ describe(`migrations (${databaseKind})`, () => {
       expect.arrayContaining([expect.stringMatching(/UNIQUE INDEX crm_ingest_events_feed_position_key .*\(feed_xid, feed_seq\)/)]),
     );
     expect(await columns("crm_ingest_events")).toContain("trace_parent");
+    expect(await columns("crm_ingest_events")).toContain("kind");
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await columns("crm_ingest_events")).not.toContain("kind");
+    expect(await columns("crm_ingest_events")).toContain("trace_parent");
     await migrator.down();
     expect(await columns("crm_ingest_events")).not.toContain("trace_parent");
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
@@ -88,17 +93,28 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(6);
+    expect((await migrator.pending()).length).toBe(7);
 
     await migrator.up();
     expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
-    expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent"]));
+    expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent", "kind"]));
   });
 
   it("refuse a status outside RECEIVED, LINKED and ERROR", async () => {
     await expect(
       database.sequelize.query("INSERT INTO crm_ingest_events (source, sender_id, content, status) VALUES ('web', 'x', 'y', 'DONE')"),
     ).rejects.toThrow(/crm_ingest_events_status_check/);
+  });
+
+  it("refuse a kind outside MESSAGE, STATUS, SYSTEM and ERASURE, and store MESSAGE when none is given", async () => {
+    await expect(
+      database.sequelize.query("INSERT INTO crm_ingest_events (source, sender_id, content, kind) VALUES ('web', 'x', 'y', 'NOTE')"),
+    ).rejects.toThrow(/crm_ingest_events_kind_check/);
+    const [row] = await database.sequelize.query<{ kind: string }>(
+      "INSERT INTO crm_ingest_events (source, sender_id, content) VALUES ('web', 'x', 'y') RETURNING kind",
+      { type: QueryTypes.SELECT },
+    );
+    expect(row.kind).toBe("MESSAGE");
   });
 });
 
@@ -134,19 +150,20 @@ describe("npm run migrate", () => {
     expect(second.code).toBe(0);
     expect(second.output).toContain("nothing to apply");
 
+    // Every migration file, in the order their names sort: the CLI lists them all, applied.
+    const names = (await readdir("migrations")).filter((file) => file.endsWith(".ts")).map((file) => file.slice(0, -3)).sort();
+    const [previous, last] = names.slice(-2);
     const status = await runScript("src/cli/migrate.ts", ["status"], env);
-    expect(status.output).toMatch(
-      /applied\s+2026.01.03T00.02.contacts-deals\napplied\s+2026.01.03T00.03.ingest-events\napplied\s+2026.01.04T00.01.ingest-event-external-id\napplied\s+2026.01.05T00.01.ingest-event-feed\napplied\s+2026.01.07T00.01.feed-relay-state\napplied\s+2026.12.02T00.01.ingest-event-trace-parent/,
-    );
+    expect(status.output).toMatch(new RegExp(names.map((name) => `applied\\s+${name.replaceAll(".", "\\.")}`).join("\\n")));
     const url = env.DATABASE_URL ? new URL(env.DATABASE_URL) : undefined;
     expect(status.output).toContain(`database: ${url ? `postgres ${url.hostname}:${url.port || 5432}${url.pathname}` : `embedded ${dataDir}`}`);
-    expect(status.output).toContain("schema version: 2026.12.02T00.01.ingest-event-trace-parent (6 applied, 0 pending)");
+    expect(status.output).toContain(`schema version: ${last} (${names.length} applied, 0 pending)`);
 
     const down = await runScript("src/cli/migrate.ts", ["down"], env);
-    expect(down.output).toContain("reverted: 2026.12.02T00.01.ingest-event-trace-parent");
+    expect(down.output).toContain(`reverted: ${last}`);
     const after = await runScript("src/cli/migrate.ts", ["status"], env);
-    expect(after.output).toMatch(/applied\s+2026.01.07T00.01.feed-relay-state\npending\s+2026.12.02T00.01.ingest-event-trace-parent/);
-    expect(after.output).toContain("schema version: 2026.01.07T00.01.feed-relay-state (5 applied, 1 pending)");
+    expect(after.output).toMatch(new RegExp(`applied\\s+${previous.replaceAll(".", "\\.")}\\npending\\s+${last.replaceAll(".", "\\.")}`));
+    expect(after.output).toContain(`schema version: ${previous} (${names.length - 1} applied, 1 pending)`);
     // Five processes, each opening the database: the embedded one takes seconds to boot on a busy machine.
   }, 180_000);
 

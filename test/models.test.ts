@@ -3,7 +3,7 @@ import type { Model, ModelStatic } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Contact } from "../src/db/models/Contact.js";
 import { Deal } from "../src/db/models/Deal.js";
-import { IngestEvent, INGEST_EVENT_STATUSES } from "../src/db/models/IngestEvent.js";
+import { IngestEvent, INGEST_EVENT_KINDS, INGEST_EVENT_STATUSES } from "../src/db/models/IngestEvent.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 
 // The models are what queries through Sequelize trust about the tables; the
@@ -130,11 +130,21 @@ describe(`models against the migrated schema (${databaseKind})`, () => {
     expect(IngestEvent.getAttributes().status.validate).toEqual({ isIn: [INGEST_EVENT_STATUSES] });
   });
 
+  it("IngestEvent allows exactly the kinds the database's check constraint allows", async () => {
+    const [check] = await database.sequelize.query<{ definition: string }>(
+      "SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conname = 'crm_ingest_events_kind_check'",
+      { type: QueryTypes.SELECT },
+    );
+    const allowed = [...check.definition.matchAll(/'([^']+)'::text/g)].map((match) => match[1]);
+    expect(allowed.sort()).toEqual([...INGEST_EVENT_KINDS].sort());
+    expect(IngestEvent.getAttributes().kind.validate).toEqual({ isIn: [INGEST_EVENT_KINDS] });
+  });
+
   it("creates and reads rows through the models, with the database's defaults", async () => {
     const contact = await Contact.create({ whatsappId: "5511900009999" });
     const event = await IngestEvent.create({ source: "whatsapp", senderId: "5511900009999", content: "x", contactId: contact.id, status: "LINKED" });
     const read = await IngestEvent.findByPk(event.id);
-    expect(read).toMatchObject({ contactId: contact.id, metadata: {}, status: "LINKED", externalId: null });
+    expect(read).toMatchObject({ contactId: contact.id, metadata: {}, status: "LINKED", externalId: null, kind: "MESSAGE" });
     expect(read!.createdAt).toBeInstanceOf(Date);
     expect(contact.id).toMatch(/^[0-9a-f-]{36}$/);
   });

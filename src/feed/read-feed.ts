@@ -1,5 +1,5 @@
 import type { Sequelize } from "sequelize-typescript";
-import type { IngestEventStatus } from "../db/models/IngestEvent.js";
+import type { IngestEventKind, IngestEventStatus } from "../db/models/IngestEvent.js";
 import { QueryTypes } from "sequelize";
 import { FEED_START, type FeedFilters, type FeedPosition } from "./position.js";
 
@@ -18,6 +18,8 @@ export interface FeedEvent {
   createdAt: Date;
   /** The W3C traceparent of the request that stored the event; null when it came without a trace. */
   traceParent: string | null;
+  /** What the event records: a message, a delivery status, a provider's notice or an erasure. */
+  kind: IngestEventKind;
   /** Where this event is in the feed; a consumer that processed it resumes after it. */
   position: FeedPosition;
 }
@@ -72,7 +74,7 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
 // The position comes back as text (xid8 and bigint exceed a JS number) under
 // names of its own: an output column named feed_xid would be what ORDER BY
 // feed_xid sorts by, as text.
-const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent,
+const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent, kind,
   feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
 /** The page read; exported so a test can check its plan stays an index range scan. */
@@ -111,6 +113,7 @@ interface EventRow {
   error: string | null;
   created_at: Date;
   trace_parent: string | null;
+  kind: IngestEventKind;
   position_xid: string;
   position_seq: string;
 }
@@ -128,6 +131,7 @@ function toFeedEvent(row: EventRow): FeedEvent {
     error: row.error,
     createdAt: row.created_at,
     traceParent: row.trace_parent,
+    kind: row.kind,
     position: { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) },
   };
 }

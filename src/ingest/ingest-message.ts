@@ -4,7 +4,7 @@ import type { Sequelize } from "sequelize-typescript";
 import type { Tracing } from "../observability/tracing.js";
 import { DuplicateConflictError, isDataError, sqlState } from "./errors.js";
 import type { FeedNotifier } from "../feed/feed-notifier.js";
-import { IngestEvent, type IngestEventStatus } from "../db/models/IngestEvent.js";
+import { IngestEvent, type IngestEventKind, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
 import { senderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
 import { IngestBatcher, type BatcherOptions } from "./ingest-batcher.js";
@@ -31,6 +31,12 @@ export interface IngestMessageInput {
   externalId: string | null;
   /** The W3C traceparent stored with the event (docs/tracing.md); null or absent: none. */
   traceParent?: string | null;
+  /**
+   * What the event records; absent: an inbound message. Only a message may
+   * create a contact: other kinds link to the sender's contact when it
+   * exists, and are stored RECEIVED otherwise.
+   */
+  kind?: IngestEventKind;
   /** The request's span, when tracing is on: the batch's database span links to it. */
   trace?: Context;
 }
@@ -147,6 +153,8 @@ interface BatchRow {
   n: number;
   event_id: string | null;
   contact_id: string | null;
+  /** The status stored: LINKED becomes RECEIVED for an event of another kind whose sender has no contact. */
+  status: IngestEventStatus | null;
   created: boolean;
 }
 
@@ -168,6 +176,7 @@ async function writeBatch(
       column((e) => e.status),
       column((e) => e.error),
       column((e) => e.input.traceParent ?? null),
+      column((e) => e.input.kind ?? "MESSAGE"),
     ],
     transaction,
     type: QueryTypes.SELECT,
@@ -180,8 +189,14 @@ async function writeBatch(
       repeats.push(i);
       continue;
     }
-    const { status, error } = events[i];
-    results[i] = { eventId: row.event_id, contactId: row.contact_id, contactCreated: row.created, status, error, duplicate: false };
+    results[i] = {
+      eventId: row.event_id,
+      contactId: row.contact_id,
+      contactCreated: row.created,
+      status: row.status ?? events[i].status,
+      error: events[i].error,
+      duplicate: false,
+    };
   }
   if (repeats.length > 0) {
     // Nothing was stored for these: only an external_id can conflict, and
@@ -211,7 +226,8 @@ async function writeBatch(
  *   key (whatsapp_id or email; neither for RECEIVED and ERROR events) and
  *   the contact already stored under it, if any.
  * - `new_contact`: one new id per key not found, however many messages of the
- *   batch carry it.
+ *   batch carry it. Only inbound messages (kind MESSAGE) create contacts; an
+ *   event of another kind whose sender has none is stored RECEIVED.
  * - `event`: every event, inserted in (source, external_id) order (so
  *   concurrent batches take the index's locks in the same order) with
  *   ON CONFLICT DO NOTHING: a repeated external_id, in the table or earlier
@@ -227,13 +243,13 @@ async function writeBatch(
 const STORE_EVENTS = `
   WITH message AS MATERIALIZED (
     SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, trace_parent, n)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, trace_parent, kind, n)
     LEFT JOIN crm_contacts by_whatsapp ON by_whatsapp.whatsapp_id = m.whatsapp_id
     LEFT JOIN crm_contacts by_email ON by_email.email = m.email
   ), new_contact AS MATERIALIZED (
     SELECT whatsapp_id, email, gen_random_uuid() AS id
-    FROM (SELECT DISTINCT whatsapp_id, email FROM message WHERE existing_id IS NULL AND status = 'LINKED') k
+    FROM (SELECT DISTINCT whatsapp_id, email FROM message WHERE existing_id IS NULL AND status = 'LINKED' AND kind = 'MESSAGE') k
   ), resolved AS MATERIALIZED (
     SELECT message.*, coalesce(message.existing_id, new_contact.id) AS contact_id
     FROM message
@@ -241,12 +257,14 @@ const STORE_EVENTS = `
       AND new_contact.whatsapp_id IS NOT DISTINCT FROM message.whatsapp_id
       AND new_contact.email IS NOT DISTINCT FROM message.email
       AND message.status = 'LINKED'
+      AND message.kind = 'MESSAGE'
   ), event AS (
-    INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error, trace_parent)
-    SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id, status, error, trace_parent
+    INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error, trace_parent, kind)
+    SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id,
+      CASE WHEN status = 'LINKED' AND contact_id IS NULL THEN 'RECEIVED' ELSE status END, error, trace_parent, kind
     FROM resolved ORDER BY source, external_id, n
     ON CONFLICT (source, external_id) DO NOTHING
-    RETURNING id, contact_id
+    RETURNING id, contact_id, status
   ), created AS (
     INSERT INTO crm_contacts (id, whatsapp_id, email)
     SELECT id, whatsapp_id, email FROM new_contact
@@ -254,7 +272,7 @@ const STORE_EVENTS = `
     ORDER BY whatsapp_id, email
     RETURNING id
   )
-  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id,
+  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id, event.status,
     coalesce(created.id IS NOT NULL AND resolved.n = min(resolved.n) OVER (PARTITION BY event.contact_id), false) AS created
   FROM resolved
   LEFT JOIN event ON event.id = resolved.event_id

@@ -6,6 +6,10 @@ import { Contact } from "./Contact.js";
 export const INGEST_EVENT_STATUSES = ["RECEIVED", "LINKED", "ERROR"] as const;
 export type IngestEventStatus = (typeof INGEST_EVENT_STATUSES)[number];
 
+/** What an event records: an inbound message, a delivery status, a provider's notice, or an erasure (docs/feed.md). */
+export const INGEST_EVENT_KINDS = ["MESSAGE", "STATUS", "SYSTEM", "ERASURE"] as const;
+export type IngestEventKind = (typeof INGEST_EVENT_KINDS)[number];
+
 /**
  * One inbound message exactly as it arrived: the canonical record that the
  * timeline and the orchestrator consume later. Describes exactly the table
@@ -71,6 +75,10 @@ export class IngestEvent extends Model {
   /** The W3C traceparent of the request that stored the event (docs/tracing.md); null when it came without a trace. */
   @Column({ type: DataType.TEXT, allowNull: true })
   declare traceParent: string | null;
+
+  /** What the event records; checked by the database too (crm_ingest_events_kind_check). */
+  @Column({ type: DataType.TEXT, allowNull: false, defaultValue: "MESSAGE", validate: { isIn: [INGEST_EVENT_KINDS] } })
+  declare kind: IngestEventKind;
 
   /**
    * The transaction that wrote the event (xid8, as text; '0' for events

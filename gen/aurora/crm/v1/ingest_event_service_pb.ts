@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file aurora/crm/v1/ingest_event_service.proto.
  */
 export const file_aurora_crm_v1_ingest_event_service: GenFile = /*@__PURE__*/
-  fileDesc("CihhdXJvcmEvY3JtL3YxL2luZ2VzdF9ldmVudF9zZXJ2aWNlLnByb3RvEg1hdXJvcmEuY3JtLnYxIr0CCgtJbmdlc3RFdmVudBIKCgJpZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSEQoJc2VuZGVyX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAkSKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhgKC2V4dGVybmFsX2lkGAYgASgJSACIAQESEgoKY29udGFjdF9pZBgHIAEoCRIwCgZzdGF0dXMYCCABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRyYWNlX3BhcmVudBgLIAEoCUIOCgxfZXh0ZXJuYWxfaWQiLQoVR2V0SW5nZXN0RXZlbnRSZXF1ZXN0EhQKAmlkGAEgASgJQgi6SAVyA7ABASJKChZHZXRJbmdlc3RFdmVudFJlc3BvbnNlEjAKDGluZ2VzdF9ldmVudBgBIAEoCzIaLmF1cm9yYS5jcm0udjEuSW5nZXN0RXZlbnQitgEKF0xpc3RJbmdlc3RFdmVudHNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoBUIHukgEGgIoABISCgpwYWdlX3Rva2VuGAIgASgJEg4KBnNvdXJjZRgDIAEoCRIfCgpjb250YWN0X2lkGAQgASgJQgu6SAjYAQFyA7ABARI6CgZzdGF0dXMYBSABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzQgi6SAWCAQIQASJ8ChhMaXN0SW5nZXN0RXZlbnRzUmVzcG9uc2USMQoNaW5nZXN0X2V2ZW50cxgBIAMoCzIaLmF1cm9yYS5jcm0udjEuSW5nZXN0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhQKDHJlc3VtZV90b2tlbhgDIAEoCSKNAwoYV2F0Y2hJbmdlc3RFdmVudHNSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRI8CgVzdGFydBgCIAEoDjItLmF1cm9yYS5jcm0udjEuV2F0Y2hJbmdlc3RFdmVudHNSZXF1ZXN0LlN0YXJ0Eg4KBnNvdXJjZRgDIAEoCRIfCgpjb250YWN0X2lkGAQgASgJQgu6SAjYAQFyA7ABARI6CgZzdGF0dXMYBSABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzQgi6SAWCAQIQASJCCgVTdGFydBIVChFTVEFSVF9VTlNQRUNJRklFRBAAEhMKD1NUQVJUX0JFR0lOTklORxABEg0KCVNUQVJUX05PVxACOmy6SGkaZwoLd2F0Y2guc3RhcnQSKHNldCBleGFjdGx5IG9uZSBvZiByZXN1bWVfdG9rZW4gb3Igc3RhcnQaLih0aGlzLnJlc3VtZV90b2tlbiAhPSAnJykgIT0gKHRoaXMuc3RhcnQgIT0gMCkiYwoZV2F0Y2hJbmdlc3RFdmVudHNSZXNwb25zZRIwCgxpbmdlc3RfZXZlbnQYASABKAsyGi5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50EhQKDHJlc3VtZV90b2tlbhgCIAEoCTLCAgoSSW5nZXN0RXZlbnRTZXJ2aWNlEl0KDkdldEluZ2VzdEV2ZW50EiQuYXVyb3JhLmNybS52MS5HZXRJbmdlc3RFdmVudFJlcXVlc3QaJS5hdXJvcmEuY3JtLnYxLkdldEluZ2VzdEV2ZW50UmVzcG9uc2USYwoQTGlzdEluZ2VzdEV2ZW50cxImLmF1cm9yYS5jcm0udjEuTGlzdEluZ2VzdEV2ZW50c1JlcXVlc3QaJy5hdXJvcmEuY3JtLnYxLkxpc3RJbmdlc3RFdmVudHNSZXNwb25zZRJoChFXYXRjaEluZ2VzdEV2ZW50cxInLmF1cm9yYS5jcm0udjEuV2F0Y2hJbmdlc3RFdmVudHNSZXF1ZXN0GiguYXVyb3JhLmNybS52MS5XYXRjaEluZ2VzdEV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_aurora_crm_v1_ingest_service, file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CihhdXJvcmEvY3JtL3YxL2luZ2VzdF9ldmVudF9zZXJ2aWNlLnByb3RvEg1hdXJvcmEuY3JtLnYxIusCCgtJbmdlc3RFdmVudBIKCgJpZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSEQoJc2VuZGVyX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAkSKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhgKC2V4dGVybmFsX2lkGAYgASgJSACIAQESEgoKY29udGFjdF9pZBgHIAEoCRIwCgZzdGF0dXMYCCABKA4yIC5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50U3RhdHVzEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHRyYWNlX3BhcmVudBgLIAEoCRIsCgRraW5kGAwgASgOMh4uYXVyb3JhLmNybS52MS5Jbmdlc3RFdmVudEtpbmRCDgoMX2V4dGVybmFsX2lkIi0KFUdldEluZ2VzdEV2ZW50UmVxdWVzdBIUCgJpZBgBIAEoCUIIukgFcgOwAQEiSgoWR2V0SW5nZXN0RXZlbnRSZXNwb25zZRIwCgxpbmdlc3RfZXZlbnQYASABKAsyGi5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50IrYBChdMaXN0SW5nZXN0RXZlbnRzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZzb3VyY2UYAyABKAkSHwoKY29udGFjdF9pZBgEIAEoCUILukgI2AEBcgOwAQESOgoGc3RhdHVzGAUgASgOMiAuYXVyb3JhLmNybS52MS5Jbmdlc3RFdmVudFN0YXR1c0IIukgFggECEAEifAoYTGlzdEluZ2VzdEV2ZW50c1Jlc3BvbnNlEjEKDWluZ2VzdF9ldmVudHMYASADKAsyGi5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIUCgxyZXN1bWVfdG9rZW4YAyABKAkijQMKGFdhdGNoSW5nZXN0RXZlbnRzUmVxdWVzdBIUCgxyZXN1bWVfdG9rZW4YASABKAkSPAoFc3RhcnQYAiABKA4yLS5hdXJvcmEuY3JtLnYxLldhdGNoSW5nZXN0RXZlbnRzUmVxdWVzdC5TdGFydBIOCgZzb3VyY2UYAyABKAkSHwoKY29udGFjdF9pZBgEIAEoCUILukgI2AEBcgOwAQESOgoGc3RhdHVzGAUgASgOMiAuYXVyb3JhLmNybS52MS5Jbmdlc3RFdmVudFN0YXR1c0IIukgFggECEAEiQgoFU3RhcnQSFQoRU1RBUlRfVU5TUEVDSUZJRUQQABITCg9TVEFSVF9CRUdJTk5JTkcQARINCglTVEFSVF9OT1cQAjpsukhpGmcKC3dhdGNoLnN0YXJ0EihzZXQgZXhhY3RseSBvbmUgb2YgcmVzdW1lX3Rva2VuIG9yIHN0YXJ0Gi4odGhpcy5yZXN1bWVfdG9rZW4gIT0gJycpICE9ICh0aGlzLnN0YXJ0ICE9IDApImMKGVdhdGNoSW5nZXN0RXZlbnRzUmVzcG9uc2USMAoMaW5nZXN0X2V2ZW50GAEgASgLMhouYXVyb3JhLmNybS52MS5Jbmdlc3RFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAkqrgEKD0luZ2VzdEV2ZW50S2luZBIhCh1JTkdFU1RfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEh0KGUlOR0VTVF9FVkVOVF9LSU5EX01FU1NBR0UQARIcChhJTkdFU1RfRVZFTlRfS0lORF9TVEFUVVMQAhIcChhJTkdFU1RfRVZFTlRfS0lORF9TWVNURU0QAxIdChlJTkdFU1RfRVZFTlRfS0lORF9FUkFTVVJFEAQywgIKEkluZ2VzdEV2ZW50U2VydmljZRJdCg5HZXRJbmdlc3RFdmVudBIkLmF1cm9yYS5jcm0udjEuR2V0SW5nZXN0RXZlbnRSZXF1ZXN0GiUuYXVyb3JhLmNybS52MS5HZXRJbmdlc3RFdmVudFJlc3BvbnNlEmMKEExpc3RJbmdlc3RFdmVudHMSJi5hdXJvcmEuY3JtLnYxLkxpc3RJbmdlc3RFdmVudHNSZXF1ZXN0GicuYXVyb3JhLmNybS52MS5MaXN0SW5nZXN0RXZlbnRzUmVzcG9uc2USaAoRV2F0Y2hJbmdlc3RFdmVudHMSJy5hdXJvcmEuY3JtLnYxLldhdGNoSW5nZXN0RXZlbnRzUmVxdWVzdBooLmF1cm9yYS5jcm0udjEuV2F0Y2hJbmdlc3RFdmVudHNSZXNwb25zZTABYgZwcm90bzM", [file_aurora_crm_v1_ingest_service, file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * IngestEvent is one stored inbound message, with every field the service
@@ -109,6 +109,16 @@ export type IngestEvent = Message<"aurora.crm.v1.IngestEvent"> & {
    * @generated from field: string trace_parent = 11;
    */
   traceParent: string;
+
+  /**
+   * What the event records: an inbound message, or something else a
+   * downstream service follows in the same order (a delivery status, a
+   * provider's notice, an erasure). Consumers that only want messages skip
+   * the other kinds; a kind they do not know yet is safe to skip.
+   *
+   * @generated from field: aurora.crm.v1.IngestEventKind kind = 12;
+   */
+  kind: IngestEventKind;
 };
 
 /**
@@ -363,6 +373,59 @@ export type WatchIngestEventsResponse = Message<"aurora.crm.v1.WatchIngestEvents
  */
 export const WatchIngestEventsResponseSchema: GenMessage<WatchIngestEventsResponse> = /*@__PURE__*/
   messageDesc(file_aurora_crm_v1_ingest_event_service, 6);
+
+/**
+ * IngestEventKind tells inbound messages apart from the other events of the
+ * feed. Every event stored before kinds existed is a message.
+ *
+ * @generated from enum aurora.crm.v1.IngestEventKind
+ */
+export enum IngestEventKind {
+  /**
+   * The kind was not set. The service never returns it.
+   *
+   * @generated from enum value: INGEST_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * An inbound message from a person: content is what they sent.
+   *
+   * @generated from enum value: INGEST_EVENT_KIND_MESSAGE = 1;
+   */
+  MESSAGE = 1,
+
+  /**
+   * A provider's delivery status for a message the business sent (sent,
+   * delivered, read, failed); metadata carries the provider's details. It
+   * links to an existing contact and never creates one.
+   *
+   * @generated from enum value: INGEST_EVENT_KIND_STATUS = 2;
+   */
+  STATUS = 2,
+
+  /**
+   * A provider's notice about a sender or the channel (such as a changed
+   * number); metadata carries the details.
+   *
+   * @generated from enum value: INGEST_EVENT_KIND_SYSTEM = 3;
+   */
+  SYSTEM = 3,
+
+  /**
+   * A record, without personal data, that a person's data was erased;
+   * consumers erase their own copies of the events it names.
+   *
+   * @generated from enum value: INGEST_EVENT_KIND_ERASURE = 4;
+   */
+  ERASURE = 4,
+}
+
+/**
+ * Describes the enum aurora.crm.v1.IngestEventKind.
+ */
+export const IngestEventKindSchema: GenEnum<IngestEventKind> = /*@__PURE__*/
+  enumDesc(file_aurora_crm_v1_ingest_event_service, 0);
 
 /**
  * IngestEventService is the canonical feed of stored ingest events, for the
