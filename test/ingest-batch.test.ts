@@ -75,10 +75,10 @@ describe(`group commit (${databaseKind})`, () => {
     expect(value(4)).toMatchObject({ status: "LINKED", contactCreated: true, duplicate: false });
     expect(value(5)).toEqual({ ...value(4), contactCreated: false, duplicate: true });
     expect(reason(6)).toBeInstanceOf(DuplicateConflictError);
-    expect(reason(6).message).toContain(value(4).eventId);
+    expect(reason(6).message).not.toContain(value(4).eventId);
     expect(value(7)).toEqual({ ...stored, duplicate: true, contactCreated: false });
     expect(reason(8)).toBeInstanceOf(DuplicateConflictError);
-    expect(reason(8).message).toContain(stored.eventId);
+    expect(reason(8).message).not.toContain(stored.eventId);
     expect(value(9)).toMatchObject({ status: "LINKED", contactId: stored.contactId, contactCreated: false });
 
     // In the database: one event per stored message, one contact per new sender, none for the refused one.

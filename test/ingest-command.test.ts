@@ -199,13 +199,14 @@ describe(`ingestMessage: retries with external_id (${databaseKind})`, () => {
     }
   });
 
-  it("refuses the same key with different content, naming the original and the field, storing nothing", async () => {
+  it("refuses the same key with different content, naming neither the original nor the field, storing nothing", async () => {
     const original = await ingest({ source: "whatsapp", senderId: "5511900000003", content: "primeira", externalId: "wamid.REUSED" });
     const events = await count(database, "crm_ingest_events");
     const error = await refusal({ source: "whatsapp", senderId: "5511900000003", content: "outra coisa", externalId: "wamid.REUSED" });
 
     expect(error).toBeInstanceOf(DuplicateConflictError);
-    expect(error).toMatchObject({ originalEventId: original.eventId, differingFields: ["content"] });
+    expect((error as Error).message).not.toContain(original.eventId);
+    expect((error as Error).message).not.toMatch(/content|sender/);
     expect(await count(database, "crm_ingest_events")).toBe(events);
   });
 
@@ -214,7 +215,8 @@ describe(`ingestMessage: retries with external_id (${databaseKind})`, () => {
     const contacts = await count(database, "crm_contacts");
     const error = await refusal({ source: "whatsapp", senderId: "5511900000005", externalId: "wamid.STOLEN" });
 
-    expect(error).toMatchObject({ originalEventId: original.eventId, differingFields: ["sender_id"] });
+    expect(error).toBeInstanceOf(DuplicateConflictError);
+    expect((error as Error).message).not.toContain(original.eventId);
     expect(await count(database, "crm_contacts")).toBe(contacts);
     expect(await contactsWith("whatsapp_id", "5511900000005")).toEqual([]);
   });
@@ -243,7 +245,7 @@ describe(`ingestMessage: retries with external_id (${databaseKind})`, () => {
       if (messages[i].senderId === stored.sender_id) {
         expect(outcome).toMatchObject({ status: "fulfilled", value: { eventId: stored.id } });
       } else {
-        expect(outcome).toMatchObject({ status: "rejected", reason: { originalEventId: stored.id } });
+        expect(outcome).toMatchObject({ status: "rejected", reason: expect.any(DuplicateConflictError) });
       }
     });
     expect(outcomes.filter((o) => o.status === "fulfilled" && !o.value.duplicate)).toHaveLength(1);

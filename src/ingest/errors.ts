@@ -3,17 +3,13 @@ import { DatabaseError } from "sequelize";
 /**
  * A retry named an external_id that is already stored for its source, but
  * with a different sender or content: the key was reused for another
- * message, and storing either silently would lose one of them.
+ * message, and storing either silently would lose one of them. The answer
+ * carries nothing of the stored message (not its id, not which field
+ * differs): the caller may not be the one who sent it (docs/privacy.md).
  */
 export class DuplicateConflictError extends Error {
-  constructor(
-    readonly originalEventId: string,
-    readonly differingFields: string[],
-  ) {
-    super(
-      `external_id is already stored for this source as event ${originalEventId}, ` +
-        `with a different ${differingFields.join(" and ")}; send a new external_id for a new message`,
-    );
+  constructor() {
+    super("external_id is already stored for this source for another message; send a new external_id for a new message");
   }
 }
 

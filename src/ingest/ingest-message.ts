@@ -283,18 +283,17 @@ const STORE_EVENTS = `
  * reused for a different message.
  *
  * A copy is a duplicate when its sender_id and content equal the original's,
- * and is answered with the original's ids. Metadata is not compared: gateways
- * attach per-delivery details (attempt counters, timestamps) that change
- * between retries of the same message, and the original metadata is kept.
- * A different sender_id or content means the key was reused for another
- * message: `DuplicateConflictError`, naming the original event.
+ * and is answered with the original's ids: idempotency needs them, and the
+ * caller already knows the sender and content they confirm. Metadata is not
+ * compared: gateways attach per-delivery details (attempt counters,
+ * timestamps) that change between retries of the same message, and the
+ * original metadata is kept. A different sender_id or content means the key
+ * was reused for another message: `DuplicateConflictError`, which names
+ * neither the original nor the field that differs, so a guess learns only
+ * that the key is taken (docs/privacy.md).
  */
 function replayOf(original: IngestEvent, input: IngestMessageInput): IngestMessageResult | Error {
-  const differing = [
-    ...(original.senderId !== input.senderId ? ["sender_id"] : []),
-    ...(original.content !== input.content ? ["content"] : []),
-  ];
-  if (differing.length > 0) return new DuplicateConflictError(original.id, differing);
+  if (original.senderId !== input.senderId || original.content !== input.content) return new DuplicateConflictError();
   // A copy writes nothing, so it created no contact.
   return {
     eventId: original.id,
