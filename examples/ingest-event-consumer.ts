@@ -14,6 +14,15 @@
  * CONSUMER_DATABASE_URL is the consumer's own database, never the ingest
  * service's. Stop it with SIGTERM or Ctrl-C.
  *
+ * Backfill: the stream keeps events for NATS_STREAM_MAX_AGE_SECONDS. The
+ * consumer also stores the `Aurora-Resume-Token` of the last event it applied;
+ * with FEED_URL (and FEED_TOKEN when the service requires one) set, it first
+ * lists the feed from that token (`ListIngestEvents` with `resume_token`,
+ * from the beginning when it has none) and applies what it finds, then reads
+ * the stream. Events applied twice (listed, then delivered by the stream) take
+ * effect once, by their id. An outage longer than the stream's retention thus
+ * loses nothing.
+ *
  * With OTEL_EXPORTER_OTLP_ENDPOINT set (and the other standard OTEL_*
  * variables), each message is processed in a CONSUMER span exported over
  * OTLP, with a link to the span that stored the event (the message's
@@ -27,8 +36,10 @@ import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { IngestEventSchema, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestEventSchema, IngestEventService, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 
 const env = process.env;
 const natsUrl = env.NATS_URL || "nats://127.0.0.1:4222";
@@ -58,6 +69,10 @@ await db.query(`CREATE TABLE IF NOT EXISTS example_processed_events (
   event_id uuid PRIMARY KEY, processed_at timestamptz NOT NULL DEFAULT now())`);
 await db.query(`CREATE TABLE IF NOT EXISTS example_source_counts (
   source text PRIMARY KEY, messages bigint NOT NULL)`);
+await db.query(`CREATE TABLE IF NOT EXISTS example_stream_positions (
+  consumer text PRIMARY KEY, resume_token text NOT NULL)`);
+
+if (env.FEED_URL) await backfill(env.FEED_URL);
 
 const nc = await connect({ servers: natsUrl.split(","), maxReconnectAttempts: -1, reconnectTimeWait: 500, name: durable });
 const jsm = await jetstreamManager(nc);
@@ -92,6 +107,66 @@ for await (const message of messages) {
   span?.end();
 }
 
+/** Applies an event's effect unless its id was recorded already; false when it was. Runs inside the caller's transaction. */
+async function applyEvent(client: pg.PoolClient, event: IngestEvent): Promise<boolean> {
+  const recorded = await client.query("INSERT INTO example_processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING", [event.id]);
+  if (recorded.rowCount !== 1) return false;
+  // The effect, in the same transaction as the record that it happened.
+  await client.query(
+    `INSERT INTO example_source_counts (source, messages) VALUES ($1, 1)
+     ON CONFLICT (source) DO UPDATE SET messages = example_source_counts.messages + 1`,
+    [event.source],
+  );
+  return true;
+}
+
+/** Remembers where the feed was applied up to, so a backfill can start there. */
+async function savePosition(client: pg.PoolClient, resumeToken: string): Promise<void> {
+  await client.query(
+    `INSERT INTO example_stream_positions (consumer, resume_token) VALUES ($1, $2)
+     ON CONFLICT (consumer) DO UPDATE SET resume_token = $2`,
+    [durable, resumeToken],
+  );
+}
+
+/**
+ * Lists the feed from the last position applied (the beginning when there is
+ * none) and applies every event, one page per transaction, until a page ends
+ * the feed. The stream's messages for the same events are then skipped by id.
+ */
+async function backfill(feedUrl: string): Promise<void> {
+  const feed = createClient(
+    IngestEventService,
+    createGrpcTransport({
+      baseUrl: feedUrl,
+      interceptors: [(next) => (request) => (env.FEED_TOKEN && request.header.set("authorization", `Bearer ${env.FEED_TOKEN}`), next(request))],
+    }),
+  );
+  const { rows } = await db.query<{ resume_token: string }>("SELECT resume_token FROM example_stream_positions WHERE consumer = $1", [durable]);
+  // The first page starts after the stored token; the next pages follow its page tokens.
+  let request: { resumeToken?: string; pageToken?: string } = { resumeToken: rows[0]?.resume_token };
+  let listed = 0;
+  for (;;) {
+    const page = await feed.listIngestEvents({ ...request, pageSize: 500 });
+    const client = await db.connect();
+    try {
+      await client.query("BEGIN");
+      for (const event of page.ingestEvents) await applyEvent(client, event);
+      await savePosition(client, page.resumeToken);
+      await client.query("COMMIT");
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+    listed += page.ingestEvents.length;
+    if (!page.nextPageToken) break;
+    request = { pageToken: page.nextPageToken };
+  }
+  console.log(`backfilled ${listed} events from the feed`);
+}
+
 /** Applies one message's event once and acknowledges it; false when it failed and will come again. */
 async function processMessage(message: JsMsg): Promise<boolean> {
   const event = decode(message);
@@ -99,16 +174,10 @@ async function processMessage(message: JsMsg): Promise<boolean> {
   let applied: boolean;
   try {
     await client.query("BEGIN");
-    const recorded = await client.query("INSERT INTO example_processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING", [event.id]);
-    applied = recorded.rowCount === 1;
-    // The effect, in the same transaction as the record that it happened.
-    if (applied) {
-      await client.query(
-        `INSERT INTO example_source_counts (source, messages) VALUES ($1, 1)
-         ON CONFLICT (source) DO UPDATE SET messages = example_source_counts.messages + 1`,
-        [event.source],
-      );
-    }
+    applied = await applyEvent(client, event);
+    // A redelivered message is older than what was applied: it does not move the position back.
+    const resumeToken = message.headers?.get("Aurora-Resume-Token");
+    if (applied && resumeToken) await savePosition(client, resumeToken);
     await client.query("COMMIT");
   } catch (error) {
     await client.query("ROLLBACK").catch(() => undefined);

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,7 +14,7 @@ import { createTracing } from "../src/observability/tracing.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
 import { startOtlpReceiver } from "./support/otlp-receiver.js";
-import { insertEvents, relayConfig, wholeFeed } from "./support/relay.js";
+import { insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
 import { startTestServer } from "./support/server.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -55,8 +57,8 @@ function startConsumer(env: Record<string, string> = {}): { child: ChildProcess;
   return { child, exited, output: () => output };
 }
 
-async function consumerCounts(): Promise<{ processed: number; effects: number }> {
-  const client = new pg.Client({ connectionString: consumerDatabase.url });
+async function consumerCounts(url = consumerDatabase.url): Promise<{ processed: number; effects: number }> {
+  const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
     const processed = await client.query<{ n: string }>("SELECT count(*) AS n FROM example_processed_events");
@@ -151,6 +153,52 @@ describe(`the example consumer's trace (${databaseKind})`, () => {
       await server.server.close();
       await tracing.shutdown();
       await receiver.close();
+    }
+  }, 120_000);
+});
+
+// Last: it purges the stream that the tests above read.
+describe(`the example consumer's backfill (${databaseKind})`, () => {
+  it("after an outage longer than the stream keeps events, lists the feed from its last Aurora-Resume-Token and applies each event once", async () => {
+    const own = await createTestDatabase({ migrate: false });
+    const server = await startTestServer(ingest);
+    const start = (env: Record<string, string> = {}) => startConsumer({ CONSUMER_NAME: "example-backfill", CONSUMER_DATABASE_URL: own.url, ...env });
+    const streamHoldsFeed = async () => {
+      const total = (await wholeFeed(ingest.sequelize)).length;
+      const deadline = Date.now() + 30_000;
+      while ((await readStream(nats.url, STREAM)).length < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      return total;
+    };
+    try {
+      await insertEvents(ingest.sequelize, 20, "before-outage");
+      await streamHoldsFeed();
+      const crashing = start({ CONSUMER_CRASH_AFTER_COMMIT: "30" });
+      expect(await crashing.exited, crashing.output()).toBe("SIGKILL");
+
+      // While it is down, events arrive and the stream drops all but its last 5 messages (as an age limit would).
+      await insertEvents(ingest.sequelize, 40, "during-outage");
+      const total = await streamHoldsFeed();
+      const nc = await connect({ servers: nats.url });
+      await (await jetstreamManager(nc)).streams.purge(STREAM, { keep: 5 });
+      await nc.close();
+
+      const consumer = start({ FEED_URL: server.baseUrl });
+      const deadline = Date.now() + 60_000;
+      let current = await consumerCounts(own.url);
+      while (current.processed < total && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 200));
+        current = await consumerCounts(own.url);
+      }
+      // The stream's last 5 messages come too, after the backfill listed them: they take effect once.
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      current = await consumerCounts(own.url);
+      consumer.child.kill("SIGTERM");
+      await consumer.exited;
+      expect(current, consumer.output()).toEqual({ processed: total, effects: total });
+      expect(consumer.output()).toMatch(new RegExp(`backfilled ${total - 30} events from the feed`));
+    } finally {
+      await server.server.close();
+      await own.close();
     }
   }, 120_000);
 });

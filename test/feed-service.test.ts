@@ -85,6 +85,50 @@ describe(`IngestEventService (${databaseKind})`, () => {
     watch.cancel();
   });
 
+  it("ListIngestEvents from a resume token: exclusive of its position, with the filters given, continued by page tokens", async () => {
+    const client = feedClient(grpc());
+    const runA = `ra${randomBytes(4).toString("hex")}`;
+    const runB = `rb${randomBytes(4).toString("hex")}`;
+    for (let i = 0; i < 3; i++) await ingest(runA, `a-${i}`);
+    for (let i = 0; i < 3; i++) await ingest(runB, `b-${i}`);
+    const all = await listAllIds(client);
+    const ours = (await client.listIngestEvents({ pageSize: 1000, pageToken: "" })).ingestEvents.filter((event) => event.source === runA || event.source === runB);
+    expect(ours.map((event) => event.senderId)).toEqual(["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]);
+
+    // A watch's token after a-1, as a stream consumer holds it (the relay's Aurora-Resume-Token is the same token).
+    const watch = openWatch(client, { start: Start.BEGINNING });
+    await waitFor(() => watch.ids().length === all.length);
+    const afterA1 = watch.responses.find((response) => response.ingestEvent?.id === ours[1].id)!.resumeToken;
+    watch.cancel();
+
+    const rest = await client.listIngestEvents({ resumeToken: afterA1, pageSize: 1000 });
+    expect(rest.ingestEvents.map((event) => event.id)).toEqual(all.slice(all.indexOf(ours[1].id) + 1));
+    // Filters apply as given; the next page continues with a page token for those filters.
+    const firstB = await client.listIngestEvents({ resumeToken: afterA1, source: runB, pageSize: 2 });
+    expect(firstB.ingestEvents.map((event) => event.senderId)).toEqual(["b-0", "b-1"]);
+    const nextB = await client.listIngestEvents({ pageToken: firstB.nextPageToken, source: runB, pageSize: 2 });
+    expect(nextB.ingestEvents.map((event) => event.senderId)).toEqual(["b-2"]);
+    expect(nextB.nextPageToken).toBe("");
+    // An empty page keeps the position it started from.
+    const onlyA = await client.listIngestEvents({ resumeToken: afterA1, source: runA });
+    expect(onlyA.ingestEvents.map((event) => event.senderId)).toEqual(["a-2"]);
+    const atEnd = await client.listIngestEvents({ resumeToken: rest.resumeToken });
+    expect(atEnd.ingestEvents).toEqual([]);
+    expect(atEnd.resumeToken).toBe(rest.resumeToken);
+
+    const both = await errorOf(client.listIngestEvents({ resumeToken: afterA1, pageToken: firstB.nextPageToken, source: runB }));
+    expect(both.code).toBe(Code.InvalidArgument);
+    expect(both.rawMessage).toMatch(/set at most one of page_token or resume_token/);
+    const pageAsResume = await errorOf(client.listIngestEvents({ resumeToken: firstB.nextPageToken, source: runB }));
+    expect(pageAsResume.code).toBe(Code.InvalidArgument);
+    expect(pageAsResume.rawMessage).toMatch(/^resume_token: is not a resume token/);
+    const forged = Buffer.from(afterA1, "base64url");
+    forged[12] ^= 0xff;
+    const altered = await errorOf(client.listIngestEvents({ resumeToken: forged.toString("base64url") }));
+    expect(altered.code).toBe(Code.InvalidArgument);
+    expect(altered.rawMessage).toMatch(/^resume_token: has an invalid signature/);
+  });
+
   it.each(Object.keys(feedTransports))("WatchIngestEvents over %s: from the beginning, from now, from a token, with checkpoints", async (name) => {
     const client = feedClient(feedTransports[name](fixture.server.baseUrl));
     const existing = await listAllIds(client);

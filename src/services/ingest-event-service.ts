@@ -65,7 +65,12 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
     async listIngestEvents(request, context) {
       const keys = await feedIdentity();
       const filters = filtersOf(request);
-      const after = request.pageToken ? decodePageToken(keys, request.pageToken, filters) : FEED_START;
+      // A resume token starts the page after any position a consumer holds (a watch's, a relayed message's).
+      const after = request.pageToken
+        ? decodePageToken(keys, request.pageToken, filters)
+        : request.resumeToken
+          ? decodeResumeToken(keys, request.resumeToken)
+          : FEED_START;
       const pageSize = Math.min(request.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
       // One more than asked tells whether another page follows.
       const { events } = await readFeed(sequelize, { after, limit: pageSize + 1, filters });
