@@ -54,8 +54,22 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.07T00.01.feed-relay-state",
       "2026.12.02T00.01.ingest-event-trace-parent",
       "2026.12.04T00.01.ingest-event-kind",
+      "2026.12.04T00.03.webhook-replay-tokens",
     ]);
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
+    expect(await tables()).toEqual([
+      "crm_contacts",
+      "crm_deals",
+      "crm_feed_identity",
+      "crm_feed_relay_state",
+      "crm_ingest_events",
+      "crm_webhook_replay_tokens",
+    ]);
+    expect(await indexes("crm_webhook_replay_tokens")).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/UNIQUE INDEX crm_webhook_replay_tokens_pkey .*\(provider, token\)/),
+        expect.stringMatching(/INDEX crm_webhook_replay_tokens_expires_at_idx .*\(expires_at\)/),
+      ]),
+    );
     expect(await indexes("crm_contacts")).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/UNIQUE INDEX crm_contacts_whatsapp_id_key .*\(whatsapp_id\)/),
@@ -72,6 +86,8 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await columns("crm_ingest_events")).toContain("kind");
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await tables()).not.toContain("crm_webhook_replay_tokens");
     await migrator.down();
     expect(await columns("crm_ingest_events")).not.toContain("kind");
     expect(await columns("crm_ingest_events")).toContain("trace_parent");
@@ -93,10 +109,17 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(7);
+    expect((await migrator.pending()).length).toBe(8);
 
     await migrator.up();
-    expect(await tables()).toEqual(["crm_contacts", "crm_deals", "crm_feed_identity", "crm_feed_relay_state", "crm_ingest_events"]);
+    expect(await tables()).toEqual([
+      "crm_contacts",
+      "crm_deals",
+      "crm_feed_identity",
+      "crm_feed_relay_state",
+      "crm_ingest_events",
+      "crm_webhook_replay_tokens",
+    ]);
     expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent", "kind"]));
   });
 
