@@ -45,14 +45,14 @@ instructions | node -e '
   mkdir -p "$build/$(dirname "$source")"
   cp -R "$repo/$source" "$build/$source"
 done
-(cd "$build" && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
+(cd "$build" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error && npm run build --silent)
 test -f "$build/dist/src/main.js" && test -f "$build/dist/src/cli/migrate.js"
 
 echo "--- runtime stage: production dependencies only, and dist/"
 runtime="$work/app"
 mkdir -p "$runtime"
 cp "$repo/package.json" "$repo/package-lock.json" "$runtime/"
-(cd "$runtime" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+(cd "$runtime" && npm ci --omit=dev --prefer-offline --no-audit --no-fund --loglevel=error)
 cp -R "$build/dist" "$runtime/dist"
 # Nothing the lock file marks as needed by development alone may be there.
 leaked=$(node -e '
