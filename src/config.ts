@@ -54,6 +54,26 @@ export interface Config {
   tracing: TracingConfig | undefined;
   /** The feed's relay to NATS JetStream; undefined (NATS_URL unset) turns it off. */
   relay: RelayConfig | undefined;
+  /** Evolution API's webhook (docs/channels.md); undefined, and the route not served, until its JWT keys are set. */
+  evolution: EvolutionWebhookConfig | undefined;
+  /** Inbound e-mail (docs/channels.md): the MTA's route and, with signing keys, Mailgun's. */
+  email: EmailConfig;
+}
+
+/** Evolution API's webhook: the keys its JWT is signed with (never logged), and its body limit. */
+export interface EvolutionWebhookConfig {
+  /** Keys Evolution signs its JWT with (each instance's webhook header `jwt_key`); several while rotating. */
+  jwtKeys: string[];
+  /** Largest delivery read, in bytes (with `webhook_base64` Evolution inlines media). */
+  maxBodyBytes: number;
+}
+
+/** Inbound e-mail through Mailgun or our own MTA. */
+export interface EmailConfig {
+  /** Largest raw message read, in bytes, by either door. */
+  maxBytes: number;
+  /** Mailgun's webhook signing keys (never logged); empty: Mailgun's route is not served. */
+  mailgunSigningKeys: string[];
 }
 
 /** How spans leave the process: OTLP over HTTP, as protobuf (the standard default) or JSON. */
@@ -293,7 +313,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     corsAllowedOrigins,
     tracing,
     relay: undefined,
+    evolution: undefined,
+    // Channels: Evolution API and inbound e-mail (docs/channels.md). Keys
+    // come from VAR or VAR_FILE, comma- or line-separated: several while rotating.
+    email: {
+      maxBytes: integer("EMAIL_MAX_BYTES", 10 * 1024 * 1024, 64 * 1024, 100 * 1024 * 1024),
+      mailgunSigningKeys: tokens("MAILGUN_SIGNING_KEYS", "Mailgun signing key"),
+    },
   };
+  const evolution: EvolutionWebhookConfig = {
+    jwtKeys: tokens("EVOLUTION_JWT_KEYS", "Evolution JWT key"),
+    maxBodyBytes: integer("EVOLUTION_MAX_BODY_BYTES", 8 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
+  };
+  if (evolution.jwtKeys.length > 0) config.evolution = evolution;
   // Read whether or not NATS_URL is set, so every variable is checked (and listed in .env.example).
   const relay: RelayConfig = {
     natsUrl: env.NATS_URL ?? "",

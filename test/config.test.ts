@@ -1,4 +1,5 @@
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
@@ -69,5 +70,21 @@ describe("configuration", () => {
     expect(() => loadConfig({ CORS_ALLOWED_ORIGINS: "https://app.example.com/,app.example.com" })).toThrow(
       /CORS_ALLOWED_ORIGINS must list origins .* got "https:\/\/app\.example\.com\/"[\s\S]*got "app\.example\.com"/,
     );
+  });
+
+  it("serves Evolution's and Mailgun's routes only with their keys, from variables or files, and never prints a key", async () => {
+    expect(loadConfig({}).evolution).toBeUndefined();
+    expect(loadConfig({}).email).toEqual({ maxBytes: 10 * 1024 * 1024, mailgunSigningKeys: [] });
+    const keyFile = path.join(await mkdtemp(path.join(os.tmpdir(), "aurora-keys-")), "mailgun");
+    await writeFile(keyFile, "# rotating\nkey-current-0123456789abcdef\nkey-previous-0123456789abcde\n");
+    const config = loadConfig({ EVOLUTION_JWT_KEYS: "evolution-key-0123456789", MAILGUN_SIGNING_KEYS_FILE: keyFile });
+    expect(config.evolution).toEqual({ jwtKeys: ["evolution-key-0123456789"], maxBodyBytes: 8 * 1024 * 1024 });
+    expect(config.email.mailgunSigningKeys).toEqual(["key-current-0123456789abcdef", "key-previous-0123456789abcde"]);
+    const problems = configProblems({ EVOLUTION_JWT_KEYS: "short-secret", MAILGUN_SIGNING_KEYS: "another short" });
+    expect(problems).toEqual([
+      "Mailgun signing key #1 must be at least 16 characters with no spaces",
+      "Evolution JWT key #1 must be at least 16 characters with no spaces",
+    ]);
+    expect(problems.join()).not.toContain("short-secret");
   });
 });
