@@ -102,6 +102,8 @@ describe("Mailgun's proof", () => {
     expect(checkMailgunSignature({ timestamp: fresh, token, signature: sign(fresh, token) }, ["old-key-0123456789", key], now)).toEqual({ ok: true });
     expect(checkMailgunSignature({ timestamp: fresh, token, signature: sign(fresh, token, "other") }, [key], now)).toEqual({ ok: false, reason: "signature_invalid" });
     expect(checkMailgunSignature({ timestamp: fresh, token, signature: "" }, [key], now)).toEqual({ ok: false, reason: "signature_missing" });
+    // A subaccount's post also carries the primary account's signature.
+    expect(checkMailgunSignature({ timestamp: fresh, token, signature: sign(fresh, token, "sub"), parentSignature: sign(fresh, token) }, [key], now)).toEqual({ ok: true });
     const stale = String(now.getTime() / 1000 - 301);
     expect(checkMailgunSignature({ timestamp: stale, token, signature: sign(stale, token) }, [key], now)).toEqual({ ok: false, reason: "timestamp_stale" });
   });
@@ -131,6 +133,7 @@ describe("Mailgun's proof", () => {
     const post = await readMailgunForm(body, "application/x-www-form-urlencoded", 1024);
     expect(new TextDecoder().decode(post!.bodyMime)).toBe("From: a@b.c\r\n\r\nhi");
     expect(await readMailgunForm(body, "application/json", 1024)).toBeUndefined();
+    expect(await readMailgunForm(body, "application/x-www-form-urlencoded", 12)).toMatchObject({ bodyMime: undefined, bodyMimeTooLarge: true });
     expect(await readMailgunForm(body, "application/x-www-form-urlencoded", 8)).toBeUndefined();
   });
 });

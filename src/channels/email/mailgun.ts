@@ -10,11 +10,15 @@ export interface MailgunPost {
   timestamp: string;
   token: string;
   signature: string;
-  /** The raw message, byte for byte. */
+  /** On a subaccount's domain, the same proof under the primary account's key. */
+  parentSignature?: string;
+  /** The raw message, byte for byte; undefined when absent or cut at the size limit (`bodyMimeTooLarge`). */
   bodyMime: Uint8Array | undefined;
-  /** SMTP envelope: MAIL FROM and RCPT TO. */
+  bodyMimeTooLarge: boolean;
+  /** SMTP envelope: MAIL FROM and RCPT TO; and the From header as Mailgun read it. */
   sender?: string;
   recipient?: string;
+  from?: string;
 }
 
 /** Why a post's proof was refused; each is counted as a refusal reason. */
@@ -29,18 +33,18 @@ export type MailgunRefusal = "signature_missing" | "signature_invalid" | "timest
  * once (the caller's replay store), for as long as the timestamp is fresh.
  */
 export function checkMailgunSignature(
-  post: Pick<MailgunPost, "timestamp" | "token" | "signature">,
+  post: Pick<MailgunPost, "timestamp" | "token" | "signature" | "parentSignature">,
   signingKeys: readonly string[],
   now: Date = new Date(),
 ): { ok: true } | { ok: false; reason: MailgunRefusal } {
-  const { timestamp, token, signature } = post;
-  if (!timestamp || !token || !/^[0-9a-f]{64}$/i.test(signature)) return { ok: false, reason: "signature_missing" };
-  const presented = Buffer.from(signature.toLowerCase(), "hex");
+  const { timestamp, token } = post;
+  const signatures = [post.signature, post.parentSignature].filter((value): value is string => /^[0-9a-f]{64}$/i.test(value ?? ""));
+  if (!timestamp || !token || signatures.length === 0) return { ok: false, reason: "signature_missing" };
   let valid = false;
   // Every key every time, so the response time does not tell which matched.
   for (const key of signingKeys) {
     const expected = createHmac("sha256", key).update(timestamp + token).digest();
-    if (timingSafeEqual(expected, presented)) valid = true;
+    for (const signature of signatures) if (timingSafeEqual(expected, Buffer.from(signature, "hex"))) valid = true;
   }
   if (!valid) return { ok: false, reason: "signature_invalid" };
   const age = now.getTime() / 1000 - Number(timestamp);
@@ -52,8 +56,9 @@ export function checkMailgunSignature(
  * Reads Mailgun's form (multipart/form-data, or urlencoded for a message
  * without attachments) with busboy. Field values are read as Latin-1 so
  * that `body-mime` comes back byte for byte: a message in an 8-bit legacy
- * charset must reach the MIME parser undecoded. Resolves undefined when
- * the body is not such a form.
+ * charset must reach the MIME parser undecoded. A `body-mime` past
+ * `maxFieldBytes` is reported, not read. Resolves undefined when the body
+ * is not such a form.
  */
 export async function readMailgunForm(body: Uint8Array, contentType: string | undefined, maxFieldBytes: number): Promise<MailgunPost | undefined> {
   let parser: busboy.Busboy;
@@ -63,17 +68,17 @@ export async function readMailgunForm(body: Uint8Array, contentType: string | un
     return undefined;
   }
   const fields = new Map<string, Buffer>();
-  let truncated = false;
+  const truncated = new Set<string>();
   const done = new Promise<void>((resolve, reject) => {
     parser.on("field", (name, value, info) => {
-      if (info.valueTruncated) truncated = true;
+      if (info.valueTruncated) truncated.add(name);
       if (!fields.has(name)) fields.set(name, Buffer.from(value, "latin1"));
     });
     // Some senders post the message as a file part: read it the same way.
     parser.on("file", (name, stream) => {
       const chunks: Buffer[] = [];
       stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("limit", () => (truncated = true));
+      stream.on("limit", () => truncated.add(name));
       stream.on("end", () => {
         if (!fields.has(name)) fields.set(name, Buffer.concat(chunks));
       });
@@ -87,14 +92,18 @@ export async function readMailgunForm(body: Uint8Array, contentType: string | un
   } catch {
     return undefined;
   }
-  if (truncated) return undefined;
+  // Only the message may be cut (it is then stored as an ERROR event); a cut proof field is no form of Mailgun's.
+  if ([...truncated].some((name) => name !== "body-mime")) return undefined;
   const field = (name: string) => fields.get(name)?.toString("utf8");
   return {
     timestamp: field("timestamp") ?? "",
     token: field("token") ?? "",
     signature: field("signature") ?? "",
-    bodyMime: fields.get("body-mime"),
+    parentSignature: field("parent-signature"),
+    bodyMime: truncated.has("body-mime") ? undefined : fields.get("body-mime"),
+    bodyMimeTooLarge: truncated.has("body-mime"),
     sender: field("sender"),
     recipient: field("recipient"),
+    from: field("from"),
   };
 }
