@@ -1,22 +1,12 @@
-import { SignJWT } from "jose";
 import { describe, expect, it } from "vitest";
 import { readEvolutionDelivery } from "../src/channels/evolution/evolution-delivery.js";
 import { createEvolutionJwtCheck } from "../src/channels/evolution/evolution-jwt.js";
-import { envelope, groupMessage, imageMessage, INSTANCE, lidMessage, ownMessage, statusUpdate, storyMessage, textMessage } from "./fixtures/evolution.js";
+import { envelope, EVOLUTION_KEY, evolutionJwt, groupMessage, imageMessage, INSTANCE, lidMessage, ownMessage, statusUpdate, storyMessage, textMessage } from "./fixtures/evolution.js";
 
-const KEY = "evolution-jwt-key-0123456789abcdef";
 
-/** A token as Evolution's `generateJwtToken` signs it (HS256, iat, exp = iat + 600, app, action). */
-export async function evolutionJwt(key = KEY, { iat = Math.floor(Date.now() / 1000), lifetime = 600, app = "evolution", action = "webhook" } = {}) {
-  return new SignJWT({ app, action })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setIssuedAt(iat)
-    .setExpirationTime(iat + lifetime)
-    .sign(new TextEncoder().encode(key));
-}
 
 describe("Evolution's JWT", () => {
-  const check = createEvolutionJwtCheck(["retired-key-0123456789abcdef", KEY]);
+  const check = createEvolutionJwtCheck(["retired-key-0123456789abcdef", EVOLUTION_KEY]);
 
   it("accepts a fresh token signed with any configured key", async () => {
     expect(await check(`Bearer ${await evolutionJwt()}`)).toEqual({ ok: true });
@@ -28,10 +18,10 @@ describe("Evolution's JWT", () => {
     expect(await check("Basic abc")).toEqual({ ok: false, reason: "jwt_missing" });
     expect(await check(`Bearer ${await evolutionJwt("another-key-0123456789abcdef")}`)).toEqual({ ok: false, reason: "jwt_invalid" });
     const old = Math.floor(Date.now() / 1000) - 700;
-    expect(await check(`Bearer ${await evolutionJwt(KEY, { iat: old })}`)).toEqual({ ok: false, reason: "jwt_expired" });
-    expect(await check(`Bearer ${await evolutionJwt(KEY, { action: "login" })}`)).toEqual({ ok: false, reason: "jwt_invalid" });
+    expect(await check(`Bearer ${await evolutionJwt(EVOLUTION_KEY, { iat: old })}`)).toEqual({ ok: false, reason: "jwt_expired" });
+    expect(await check(`Bearer ${await evolutionJwt(EVOLUTION_KEY, { action: "login" })}`)).toEqual({ ok: false, reason: "jwt_invalid" });
     // A long-lived token signed with our key still stops working 10 minutes after it was issued.
-    const longLived = await evolutionJwt(KEY, { iat: Math.floor(Date.now() / 1000) - 900, lifetime: 3600 });
+    const longLived = await evolutionJwt(EVOLUTION_KEY, { iat: Math.floor(Date.now() / 1000) - 900, lifetime: 3600 });
     expect((await check(`Bearer ${longLived}`)).ok).toBe(false);
     const none = `${Buffer.from('{"alg":"none"}').toString("base64url")}.${Buffer.from('{"app":"evolution","action":"webhook"}').toString("base64url")}.`;
     expect(await check(`Bearer ${none}`)).toEqual({ ok: false, reason: "jwt_invalid" });
