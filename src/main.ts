@@ -18,6 +18,7 @@ import { createMetrics } from "./observability/metrics.js";
 import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
+import { readHorizonStatus } from "./feed/horizon.js";
 import { createFeedRelay, describeNatsUrl } from "./feed/relay/start-relay.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
@@ -85,6 +86,9 @@ async function main(config: Config, log: Logger): Promise<void> {
   } else {
     readyLog.info("feed relay off: NATS_URL is not set");
   }
+  const horizon = await readHorizonStatus(database.sequelize);
+  if (horizon.scope === "database") readyLog.info("feed horizon per database: open transactions in other databases of the cluster do not hold the feed back");
+  else readyLog.warn(`feed horizon per database only where visible: ${horizon.reason}`);
 
   let stopping = false;
   let exitCode = 0;

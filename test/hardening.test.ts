@@ -264,6 +264,8 @@ describe(`streams end (${databaseKind})`, () => {
 
 describe(`cheap probes (${databaseKind})`, () => {
   it("1,000 /readyz calls cost at most one database query a second", async () => {
+    // The first answer also reads, once, whether the feed's horizon tells databases apart (src/feed/horizon.ts).
+    await (await fetch(`${server.baseUrl}/readyz`)).arrayBuffer();
     let queries = 0;
     const logging = database.sequelize.options.logging;
     database.sequelize.options.logging = () => void queries++;

@@ -1,6 +1,7 @@
 import type { Sequelize } from "sequelize-typescript";
 import type { IngestEventKind, IngestEventStatus } from "../db/models/IngestEvent.js";
 import { QueryTypes } from "sequelize";
+import { FEED_HORIZON } from "./horizon.js";
 import { FEED_START, type FeedFilters, type FeedPosition } from "./position.js";
 
 /** A stored event as the feed delivers it: every stored field, and its position. */
@@ -37,10 +38,11 @@ export interface ReadFeedOptions {
  * the position after the last one returned (`after` when none was).
  *
  * Deliverable means written by a transaction below the horizon of this
- * statement's own snapshot, `pg_snapshot_xmin(pg_current_snapshot())`: every
- * such transaction has ended, so the set of events below it never changes
+ * statement's own snapshot (FEED_HORIZON: the oldest transaction still
+ * running that may belong to this database): every transaction of this
+ * database below it has ended, so the set of events below it never changes
  * again; an event whose transaction is still open, or that committed while an
- * older transaction is still open, waits. Reading past a position therefore
+ * older transaction of this database is still open, waits. Reading past a position therefore
  * never skips an event that commits later (docs/feed.md). One statement,
  * one index range scan on (feed_xid, feed_seq).
  */
@@ -81,7 +83,7 @@ const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_
 export const READ_FEED = `
     SELECT ${COLUMNS} FROM crm_ingest_events
     WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
-      AND feed_xid < pg_snapshot_xmin(pg_current_snapshot())
+      AND feed_xid < ${FEED_HORIZON}
       AND ($4::text IS NULL OR source = $4::text)
       AND ($5::uuid IS NULL OR contact_id = $5::uuid)
       AND ($6::text IS NULL OR status = $6::text)
@@ -90,7 +92,7 @@ export const READ_FEED = `
 
 const LAST_POSITION = `
     SELECT feed_xid::text AS position_xid, feed_seq::text AS position_seq FROM crm_ingest_events
-    WHERE feed_xid < pg_snapshot_xmin(pg_current_snapshot())
+    WHERE feed_xid < ${FEED_HORIZON}
     ORDER BY feed_xid DESC, feed_seq DESC
     LIMIT 1`;
 

@@ -2,6 +2,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from 
 import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { INGEST_EVENT_STATUSES } from "../db/models/IngestEvent.js";
+import { FEED_HORIZON } from "../feed/horizon.js";
 
 /** The service's Prometheus metrics, registered on a registry the entry point (or a test) owns. */
 export interface Metrics {
@@ -151,17 +152,17 @@ interface FeedLag {
   horizon_age_seconds: string;
 }
 
-// Transactions holding the horizon are those with an xid (they wrote), in
-// any database of the cluster, and prepared transactions. Seeing other
-// roles' sessions in pg_stat_activity needs pg_read_all_stats.
+// The horizon is held by transactions with an xid (they wrote) that may
+// belong to this database, and by transactions prepared in it (docs/feed.md).
 const FEED_LAG = `
   SELECT
     (SELECT count(*) FROM (
-       SELECT 1 FROM crm_ingest_events WHERE feed_xid >= pg_snapshot_xmin(pg_current_snapshot()) LIMIT 100000
+       SELECT 1 FROM crm_ingest_events WHERE feed_xid >= ${FEED_HORIZON} LIMIT 100000
      ) AS held) AS undeliverable,
     coalesce(extract(epoch FROM clock_timestamp() - least(
-      (SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL),
-      (SELECT min(prepared) FROM pg_prepared_xacts)
+      (SELECT min(xact_start) FROM pg_stat_activity
+       WHERE backend_xid IS NOT NULL AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())),
+      (SELECT min(prepared) FROM pg_prepared_xacts WHERE database = current_database())
     )), 0) AS horizon_age_seconds`;
 
 /** The feed relay's metrics (docs/relay.md); every replica reports them, `active` says which one relays. */

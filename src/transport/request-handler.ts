@@ -16,6 +16,7 @@ import { createRequestObserver, REQUEST_ID_HEADER } from "../observability/reque
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
+import { FeedHorizon, type HorizonStatus } from "../feed/horizon.js";
 import type { RelayStatus } from "../feed/relay/feed-relay.js";
 import { createHttpProbes, HTTP_PROBE_ROUTES } from "./http-probes.js";
 import { acceptedCompressions } from "./compression.js";
@@ -46,6 +47,8 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   corsAllowedOrigins?: string[];
   /** The feed relay, when on: `/readyz` shows its state (it never makes the service unready). */
   relay?: { status(): RelayStatus };
+  /** Whether the feed's horizon tells databases apart, for `/readyz`; read from `sequelize` when not given. */
+  feedHorizon?: { status(): Promise<HorizonStatus> };
 }
 
 /**
@@ -64,7 +67,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     httpRoutes: HTTP_PROBE_ROUTES,
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
-  const probes = createHttpProbes(options.health, options.metrics, options.relay);
+  const probes = createHttpProbes(options.health, options.metrics, options.relay, options.feedHorizon ?? new FeedHorizon(options.sequelize));
   const limits = options.limits ?? defaultInputLimits;
   const interceptors = [observer.interceptor, errorInterceptor(options.log), ...validationInterceptors(limits)];
   // Inside the observer and outside the error mapping, so spans see the code the client gets.
