@@ -37,6 +37,12 @@ export interface IngestMessageInput {
    * exists, and are stored RECEIVED otherwise.
    */
   kind?: IngestEventKind;
+  /**
+   * Why this item cannot be stored as what it claims to be (a webhook item
+   * over our limits or of an unreadable shape): stored as an ERROR event
+   * with this reason, linked to no contact, instead of being dropped.
+   */
+  unusable?: string;
   /** The request's span, when tracing is on: the batch's database span links to it. */
   trace?: Context;
 }
@@ -91,7 +97,9 @@ export function createIngestMessage(dependencies: IngestDependencies): IngestMes
     ...dependencies.ingestBatch,
   });
   return (input, signal) => {
-    const identity = senderIdentity(input.source, input.senderId, dependencies);
+    const identity = input.unusable
+      ? ({ kind: "invalid", reason: input.unusable } as const)
+      : senderIdentity(input.source, input.senderId, dependencies);
     const key = identity.kind === "contact" ? identity.key : undefined;
     return batcher.submit(
       {

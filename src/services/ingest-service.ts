@@ -1,7 +1,7 @@
 import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
 import type { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { STATUS_TO_PROTO } from "../feed/ingest-event-message.js";
-import { createIngestMessage, type IngestDependencies, type IngestMessageResult } from "../ingest/ingest-message.js";
+import { createIngestMessage, type IngestDependencies, type IngestMessage, type IngestMessageResult } from "../ingest/ingest-message.js";
 import { eventTraceParent, requestTraceKey } from "../observability/tracing.js";
 
 /** The ingest command's result for the current request, left for request logs and metrics. */
@@ -12,10 +12,10 @@ export const ingestResultKey = createContextKey<IngestMessageResult | undefined>
 /**
  * The IngestService RPC handlers: map the request to the command's input, run
  * it, map the result back. Create it once per server: every protocol's
- * requests then share one batcher.
+ * requests then share one batcher (`ingestMessage`, when given, is that
+ * command, shared with the webhook routes).
  */
-export function createIngestService(dependencies: IngestDependencies): ServiceImpl<typeof IngestService> {
-  const ingestMessage = createIngestMessage(dependencies);
+export function createIngestService(dependencies: IngestDependencies, ingestMessage: IngestMessage = createIngestMessage(dependencies)): ServiceImpl<typeof IngestService> {
   return {
     async ingestMessage(request, context) {
       const trace = context.values.get(requestTraceKey);

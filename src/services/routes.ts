@@ -8,6 +8,7 @@ import type { FeedHub } from "../feed/feed-hub.js";
 import { createHealthService } from "./health-service.js";
 import type { PhoneRegion } from "../ingest/identity/phone-number.js";
 import type { BatcherOptions } from "../ingest/ingest-batcher.js";
+import type { IngestMessage } from "../ingest/ingest-message.js";
 import { createIngestEventService } from "./ingest-event-service.js";
 import { createIngestService } from "./ingest-service.js";
 import { registerReflection } from "./reflection-service.js";
@@ -28,6 +29,8 @@ export interface ServiceDependencies {
   feedHub: FeedHub;
   /** OpenTelemetry tracing; when absent no tracing code runs at all. */
   tracing?: Tracing;
+  /** The ingest command, when the caller shares it with other routes (the webhooks); built here otherwise. */
+  ingestMessage?: IngestMessage;
 }
 
 /** The services on the router, besides reflection, which lists them and itself. */
@@ -35,7 +38,7 @@ export const SERVICES = [IngestService, IngestEventService, Health];
 
 /** Builds the service implementations once; the function registers them on a Connect router (any number of times). */
 export function routes(dependencies: ServiceDependencies) {
-  const ingest = createIngestService({ ...dependencies, feedNotifier: dependencies.feedHub });
+  const ingest = createIngestService({ ...dependencies, feedNotifier: dependencies.feedHub }, dependencies.ingestMessage);
   const ingestEvents = createIngestEventService(dependencies);
   const health = createHealthService(dependencies.health, [IngestService.typeName, IngestEventService.typeName], dependencies.streams);
   return (router: ConnectRouter) => {
