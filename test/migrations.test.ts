@@ -54,6 +54,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.01.07T00.01.feed-relay-state",
       "2026.12.02T00.01.ingest-event-trace-parent",
       "2026.12.04T00.01.ingest-event-kind",
+      "2026.12.04T00.02.whatsapp-user-links",
       "2026.12.04T00.03.webhook-replay-tokens",
     ]);
     expect(await tables()).toEqual([
@@ -63,7 +64,11 @@ describe(`migrations (${databaseKind})`, () => {
       "crm_feed_relay_state",
       "crm_ingest_events",
       "crm_webhook_replay_tokens",
+      "crm_whatsapp_user_links",
     ]);
+    expect(await indexes("crm_whatsapp_user_links")).toEqual(
+      expect.arrayContaining([expect.stringMatching(/INDEX crm_whatsapp_user_links_whatsapp_id_idx .*\(whatsapp_id\)/)]),
+    );
     expect(await indexes("crm_webhook_replay_tokens")).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/UNIQUE INDEX crm_webhook_replay_tokens_pkey .*\(provider, token\)/),
@@ -89,6 +94,8 @@ describe(`migrations (${databaseKind})`, () => {
     await migrator.down();
     expect(await tables()).not.toContain("crm_webhook_replay_tokens");
     await migrator.down();
+    expect(await tables()).not.toContain("crm_whatsapp_user_links");
+    await migrator.down();
     expect(await columns("crm_ingest_events")).not.toContain("kind");
     expect(await columns("crm_ingest_events")).toContain("trace_parent");
     await migrator.down();
@@ -109,7 +116,7 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(8);
+    expect((await migrator.pending()).length).toBe(9);
 
     await migrator.up();
     expect(await tables()).toEqual([
@@ -119,6 +126,7 @@ describe(`migrations (${databaseKind})`, () => {
       "crm_feed_relay_state",
       "crm_ingest_events",
       "crm_webhook_replay_tokens",
+      "crm_whatsapp_user_links",
     ]);
     expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent", "kind"]));
   });

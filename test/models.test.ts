@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Contact } from "../src/db/models/Contact.js";
 import { Deal } from "../src/db/models/Deal.js";
 import { IngestEvent, INGEST_EVENT_KINDS, INGEST_EVENT_STATUSES } from "../src/db/models/IngestEvent.js";
+import { WhatsappUserLink } from "../src/db/models/WhatsappUserLink.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 
 // The models are what queries through Sequelize trust about the tables; the
@@ -112,7 +113,7 @@ function modelled(model: ModelStatic<Model>): Description {
 }
 
 describe(`models against the migrated schema (${databaseKind})`, () => {
-  const models = { crm_contacts: Contact, crm_deals: Deal, crm_ingest_events: IngestEvent } as unknown as Record<string, ModelStatic<Model>>;
+  const models = { crm_contacts: Contact, crm_deals: Deal, crm_ingest_events: IngestEvent, crm_whatsapp_user_links: WhatsappUserLink } as unknown as Record<string, ModelStatic<Model>>;
   for (const [table, model] of Object.entries(models)) {
     it(`${model.name} describes ${table} exactly: columns, types, nullability, defaults, indexes, foreign keys`, async () => {
       expect(model.getTableName()).toBe(table);
