@@ -54,6 +54,8 @@ export interface Config {
   tracing: TracingConfig | undefined;
   /** The feed's relay to NATS JetStream; undefined (NATS_URL unset) turns it off. */
   relay: RelayConfig | undefined;
+  /** Meta's WhatsApp Cloud API webhook (docs/channels.md); undefined, and the route not served, until its secrets are set. */
+  whatsapp: WhatsappWebhookConfig | undefined;
   /** Evolution API's webhook (docs/channels.md); undefined, and the route not served, until its JWT keys are set. */
   evolution: EvolutionWebhookConfig | undefined;
   /** Inbound e-mail (docs/channels.md): the MTA's route and, with signing keys, Mailgun's. */
@@ -74,6 +76,16 @@ export interface EmailConfig {
   maxBytes: number;
   /** Mailgun's webhook signing keys (never logged); empty: Mailgun's route is not served. */
   mailgunSigningKeys: string[];
+}
+
+/** Meta's WhatsApp Cloud API webhook: its secrets (never logged) and its body limit. */
+export interface WhatsappWebhookConfig {
+  /** App secrets whose HMAC-SHA256 of the body is accepted in `X-Hub-Signature-256`: the current one and, while rotating, the previous. */
+  appSecrets: string[];
+  /** Tokens accepted as `hub.verify_token` in the subscription handshake. */
+  verifyTokens: string[];
+  /** Largest delivery read, in bytes (Meta's reach about 3 MB). */
+  maxBodyBytes: number;
 }
 
 /** How spans leave the process: OTLP over HTTP, as protobuf (the standard default) or JSON. */
@@ -313,6 +325,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     corsAllowedOrigins,
     tracing,
     relay: undefined,
+    whatsapp: undefined,
     evolution: undefined,
     // Channels: Evolution API and inbound e-mail (docs/channels.md). Keys
     // come from VAR or VAR_FILE, comma- or line-separated: several while rotating.
@@ -355,6 +368,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     for (const url of config.relay.natsUrl.split(",")) {
       if (!/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.trim())) problems.push("NATS_URL must be nats://host:port (several: comma-separated)");
     }
+  }
+
+  // Provider webhooks: each route is served once all its secrets are set
+  // (VAR or VAR_FILE, comma- or line-separated: several while rotating).
+  const whatsapp: WhatsappWebhookConfig = {
+    appSecrets: tokens("WHATSAPP_APP_SECRETS", "WhatsApp app secret"),
+    verifyTokens: tokens("WHATSAPP_VERIFY_TOKENS", "WhatsApp verify token"),
+    maxBodyBytes: integer("WHATSAPP_MAX_BODY_BYTES", 4 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
+  };
+  if (whatsapp.appSecrets.length > 0 && whatsapp.verifyTokens.length > 0) config.whatsapp = whatsapp;
+  else if (whatsapp.appSecrets.length + whatsapp.verifyTokens.length > 0) {
+    problems.push("WHATSAPP_APP_SECRETS and WHATSAPP_VERIFY_TOKENS (or their _FILE forms) must be set together");
   }
   if (config.workers > 1 && databaseUrl === undefined) {
     problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");

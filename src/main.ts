@@ -76,6 +76,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     ingestBatch: config.ingestBatch,
     corsAllowedOrigins: config.corsAllowedOrigins,
     tracing,
+    whatsapp: config.whatsapp,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.

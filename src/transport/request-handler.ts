@@ -5,14 +5,17 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import corsMiddleware from "cors";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import { defaultInputLimits, type InputLimits } from "../config.js";
+import { defaultInputLimits, type InputLimits, type WhatsappWebhookConfig } from "../config.js";
+import { createWebhookHandler, type WebhookRoute } from "../channels/webhook-route.js";
+import { createWhatsappWebhook, WHATSAPP_WEBHOOK_PATH } from "../channels/whatsapp/cloud-api-webhook.js";
+import { createIngestMessage } from "../ingest/ingest-message.js";
 import { errorInterceptor } from "../interceptors/errors.js";
 import { deadlineInterceptor } from "../interceptors/request-deadline.js";
 import { tracingInterceptor } from "../interceptors/tracing.js";
 import { validationInterceptors } from "../interceptors/validation.js";
 import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
-import { createRequestObserver, REQUEST_ID_HEADER } from "../observability/request-observer.js";
+import { createRequestObserver, observedRequest, REQUEST_ID_HEADER } from "../observability/request-observer.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
 import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
@@ -49,12 +52,15 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   relay?: { status(): RelayStatus };
   /** Whether the feed's horizon tells databases apart, for `/readyz`; read from `sequelize` when not given. */
   feedHorizon?: { status(): Promise<HorizonStatus> };
+  /** Meta's WhatsApp webhook, served at /webhooks/whatsapp when configured. */
+  whatsapp?: WhatsappWebhookConfig;
 }
 
 /**
  * The one handler behind every connection, in the order a request meets it:
  * the observer (request id, log line, metrics), CORS (preflights answered
- * here, before the token: browsers send none with them), the bearer token
+ * here, before the token: browsers send none with them), the providers'
+ * webhooks (src/channels/: they carry their own proof), the bearer token
  * (checked before the body is read), the plain probes, then Connect, which
  * serves the RPCs and, answered in snake_case, `POST /ingest/message`.
  */
@@ -64,7 +70,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     logger: options.log,
     metrics: options.metrics,
     services: [...SERVICES, ...REFLECTION_SERVICES],
-    httpRoutes: HTTP_PROBE_ROUTES,
+    httpRoutes: [...HTTP_PROBE_ROUTES, WHATSAPP_WEBHOOK_PATH],
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
   const probes = createHttpProbes(options.health, options.metrics, options.relay, options.feedHorizon ?? new FeedHorizon(options.sequelize));
@@ -76,11 +82,24 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [] };
   const checkToken = tokens.ingest.length + tokens.feed.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;
   // The service implementations are built once and registered on both adapters.
-  const registerRoutes = routes({ ...options, ingestBatch: { ...options.ingestBatch, onBatch: (size) => options.metrics.ingestBatchSize.observe(size) } });
+  const ingestBatch = { ...options.ingestBatch, onBatch: (size: number) => options.metrics.ingestBatchSize.observe(size) };
+  // One ingest command (one group-commit batcher) for the RPCs and the webhooks alike.
+  const ingestMessage = createIngestMessage({ ...options, ingestBatch, feedNotifier: options.feedHub });
+  const registerRoutes = routes({ ...options, ingestBatch, ingestMessage });
+  // Providers' webhooks, each served only once its secrets are configured.
+  const webhookRoutes: WebhookRoute[] = [];
+  if (options.whatsapp) webhookRoutes.push(createWhatsappWebhook(options.whatsapp, { ...options, limits }));
+  const webhooks = createWebhookHandler(webhookRoutes, {
+    log: options.log,
+    metrics: options.metrics,
+    ingest: ingestMessage,
+    bodyTimeoutMs: options.bodyTimeoutMs,
+    note: (req, fields) => Object.assign(observedRequest(observer.contextValues(req))?.fields ?? {}, fields),
+  });
   const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) =>
     service.methods.map((method) => `/${service.typeName}/${method.name}`),
   );
-  const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];
+  const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...webhookRoutes.map((route) => `GET and POST ${route.path}`), ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];
   const adapterOptions = {
     acceptCompression: acceptedCompressions,
     interceptors,
@@ -123,6 +142,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     : undefined;
 
   const serve = (req: Request, res: Response) => {
+    // Providers prove themselves with their own signature, never with our bearer tokens.
+    if (webhooks(req, res)) return;
     const access = checkToken(req);
     if (access !== "allowed") return rejectUnauthenticated(req, res, access);
     if (probes(req, res)) return;

@@ -30,7 +30,7 @@ export type TestServerOptions = {
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
-} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch">;
+} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -82,6 +82,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     corsAllowedOrigins: options.corsAllowedOrigins,
     tracing: options.tracing,
     ingestBatch: options.ingestBatch,
+    whatsapp: options.whatsapp,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
