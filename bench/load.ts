@@ -7,9 +7,12 @@
  * `route` (POST /ingest/message) against the server; `bare` and
  * `bare-connect`, the route's requests against the reference servers
  * (bench/bare-server.ts, bench/bare-connect-server.ts); `bare-grpc`, the
- * gRPC requests against the Connect reference server; and `sql`, which
- * does the same logical work straight on a `pg` pool: the database's floor.
+ * gRPC requests against the Connect reference server; `whatsapp` and
+ * `whatsapp-10`, signed Meta deliveries of 1 and 10 text messages to
+ * POST /webhooks/whatsapp; and `sql`, which does the same logical work
+ * straight on a `pg` pool: the database's floor.
  */
+import { createHmac } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -20,7 +23,10 @@ import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService 
 import { floorIngest } from "./floor.js";
 import { messageSource, type Message } from "./traffic.js";
 
-export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect" | "bare-grpc";
+export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect" | "bare-grpc" | "whatsapp" | "whatsapp-10";
+
+/** Messages per request: one, except in a WhatsApp delivery of ten. */
+const MESSAGES_PER_REQUEST: Partial<Record<LoadMode, number>> = { "whatsapp-10": 10 };
 
 /** What bench/run.ts hands the load generator (as JSON in argv[2]). */
 export interface LoadPlan {
@@ -40,6 +46,8 @@ export interface LoadPlan {
   h2Connections: number;
   /** Bearer token the server requires. */
   token: string;
+  /** The WhatsApp app secret the server checks deliveries with. */
+  whatsappSecret: string;
 }
 
 /** The load generator's answer, printed as the last line. */
@@ -47,6 +55,8 @@ export interface LoadResult {
   mode: LoadMode;
   /** Requests completed in the measured window, and how many of them failed. */
   measured: number;
+  /** Messages in the measured window's successful requests (more than requests in a delivery of several). */
+  measuredMessages: number;
   errors: number;
   /** Every success, warm-up included: what the database must hold afterwards. */
   succeeded: number;
@@ -60,7 +70,8 @@ export interface LoadResult {
   clientCpuMsPer1000: number;
 }
 
-type Send = (message: Message) => Promise<void>;
+/** Sends the messages of one request (one, except in a WhatsApp delivery of several) and throws unless all were stored. */
+type Send = (messages: Message[]) => Promise<void>;
 
 function emit(line: object): void {
   process.stdout.write(`${JSON.stringify(line)}\n`);
@@ -68,10 +79,13 @@ function emit(line: object): void {
 
 async function main(plan: LoadPlan): Promise<void> {
   const { send, close } = await sender(plan);
-  const next = messageSource({ poolSize: plan.poolSize, newShare: plan.newShare, tag: plan.tag });
+  const whatsapp = plan.mode === "whatsapp" || plan.mode === "whatsapp-10";
+  const next = messageSource({ poolSize: plan.poolSize, newShare: plan.newShare, tag: plan.tag, whatsappOnly: whatsapp });
+  const perRequest = MESSAGES_PER_REQUEST[plan.mode] ?? 1;
 
   let latencies = new Float64Array(1 << 16);
   let measured = 0;
+  let measuredMessages = 0;
   let errors = 0;
   let succeeded = 0;
   let newSendersSucceeded = 0;
@@ -102,13 +116,13 @@ async function main(plan: LoadPlan): Promise<void> {
 
   const loop = async () => {
     while (performance.now() < stopAt) {
-      const message = next();
+      const messages = Array.from({ length: perRequest }, next);
       const t0 = performance.now();
       let ok = true;
       try {
-        await send(message);
-        succeeded++;
-        if (message.isNew) newSendersSucceeded++;
+        await send(messages);
+        succeeded += messages.length;
+        newSendersSucceeded += messages.filter((message) => message.isNew).length;
       } catch (error) {
         ok = false;
         failed++;
@@ -121,6 +135,7 @@ async function main(plan: LoadPlan): Promise<void> {
         errors++;
         continue;
       }
+      measuredMessages += messages.length;
       if (measured > latencies.length) {
         const grown = new Float64Array(latencies.length * 2);
         grown.set(latencies);
@@ -141,6 +156,7 @@ async function main(plan: LoadPlan): Promise<void> {
   const result: LoadResult = {
     mode: plan.mode,
     measured,
+    measuredMessages,
     errors,
     succeeded,
     newSendersSucceeded,
@@ -177,7 +193,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
       );
       let turn = 0;
       return {
-        send: (m) => grpcCall(sessions[turn++ % sessions.length], m, plan.token),
+        send: ([m]) => grpcCall(sessions[turn++ % sessions.length], m, plan.token),
         close: async () => {
           for (const session of sessions) session.close();
         },
@@ -191,7 +207,7 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
       const connect = plan.mode === "connect";
       const url = new URL(connect ? INGEST_MESSAGE_PATH : "/ingest/message", plan.target);
       return {
-        send: async (m) => {
+        send: async ([m]) => {
           const request = connect
             ? { source: m.source, senderId: m.senderId, content: m.content, metadata: m.metadata, externalId: m.externalId }
             : { source: m.source, sender_id: m.senderId, content: m.content, metadata: m.metadata, external_id: m.externalId };
@@ -201,9 +217,49 @@ async function sender(plan: LoadPlan): Promise<{ send: Send; close: () => Promis
         close: async () => agent.destroy(),
       };
     }
+    case "whatsapp":
+    case "whatsapp-10": {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: plan.concurrency, noDelay: true });
+      const url = new URL("/webhooks/whatsapp", plan.target);
+      return {
+        send: async (messages) => {
+          const body = JSON.stringify(whatsappDelivery(messages));
+          const signature = `sha256=${createHmac("sha256", plan.whatsappSecret).update(body).digest("hex")}`;
+          const answer = JSON.parse(await postJson(agent, url, body, "", { "x-hub-signature-256": signature })) as { stored?: number; duplicates?: number };
+          if (answer.stored !== messages.length) throw new Error(`${answer.stored} of ${messages.length} stored: ${JSON.stringify(answer)}`);
+        },
+        close: async () => agent.destroy(),
+      };
+    }
     case "sql":
       return sqlFloor(plan);
   }
+}
+
+/**
+ * A Meta Cloud API delivery as its webhook reference shows it: one entry,
+ * one `messages` change per message (each with its sender's contact), text
+ * messages with a `wamid` id.
+ */
+function whatsappDelivery(messages: Message[]) {
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  return {
+    object: "whatsapp_business_account",
+    entry: [
+      {
+        id: "102290129340398",
+        changes: messages.map((m) => ({
+          field: "messages",
+          value: {
+            messaging_product: "whatsapp",
+            metadata: { display_phone_number: "15550783881", phone_number_id: "106540352242922" },
+            contacts: [{ profile: { name: "Cliente" }, wa_id: m.senderId }],
+            messages: [{ from: m.senderId, id: m.externalId, timestamp, type: "text", text: { body: m.content } }],
+          },
+        })),
+      },
+    ],
+  };
 }
 
 const INGEST_MESSAGE_PATH = `/${IngestService.typeName}/${IngestService.method.ingestMessage.name}`;
@@ -260,9 +316,14 @@ function grpcCall(session: http2.ClientHttp2Session, m: Message, token: string):
   });
 }
 
-function postJson(agent: http.Agent, url: URL, body: string, token: string): Promise<string> {
+function postJson(agent: http.Agent, url: URL, body: string, token: string, extra: Record<string, string> = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(body), authorization: `Bearer ${token}` };
+    const headers = {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      ...(token && { authorization: `Bearer ${token}` }),
+      ...extra,
+    };
     const request = http.request(
       url,
       { method: "POST", agent, headers },
@@ -283,7 +344,7 @@ function postJson(agent: http.Agent, url: URL, body: string, token: string): Pro
 async function sqlFloor(plan: LoadPlan): Promise<{ send: Send; close: () => Promise<void> }> {
   const pool = new pg.Pool({ connectionString: plan.target, max: plan.sqlPoolMax });
   return {
-    send: async (m) => void (await floorIngest(pool, m)),
+    send: async ([m]) => void (await floorIngest(pool, m)),
     close: () => pool.end(),
   };
 }

@@ -41,7 +41,7 @@ export interface BenchOptions {
   feedRate: number;
 }
 
-const MODES: Array<LoadMode | "feed"> = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc", "feed"];
+const MODES: Array<LoadMode | "feed"> = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc", "whatsapp", "whatsapp-10", "feed"];
 const DEFAULT_SCENARIOS = "sql,grpc,connect,route,route@1,bare,bare-connect,bare-connect@1,bare-grpc,feed";
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions {

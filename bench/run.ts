@@ -32,6 +32,7 @@ import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 const root = path.resolve(import.meta.dirname, "..");
 /** The bearer token the server under test requires and the load generator sends. */
 const API_TOKEN = randomBytes(24).toString("hex");
+const WHATSAPP_SECRET = randomBytes(24).toString("hex");
 
 /** One scenario's figures, as printed and written to the JSON file. */
 interface Row {
@@ -50,6 +51,8 @@ interface Row {
   batchSize: { batches: number; mean: number; p50: number; p99: number } | null;
   /** Server process tree (null for the floor, which has no server). */
   serverCpuMsPer1000: number | null;
+  /** The same per 1,000 stored messages: differs from per request only for deliveries of several messages. */
+  serverCpuMsPer1000Messages: number | null;
   serverPeakRssMb: number | null;
   serverRssMb: Array<[seconds: number, mb: number]>;
   /** CPU of this database's PostgreSQL backends per 1,000 measured requests. */
@@ -336,6 +339,7 @@ async function runScenario(
     sqlPoolMax: options.sqlPool,
     h2Connections: options.h2Connections,
     token: API_TOKEN,
+    whatsappSecret: WHATSAPP_SECRET,
   };
 
   type Snapshot = { at: number; server: ReturnType<typeof sample>; postgres: Map<number, number>; machine: ReturnType<typeof machineCpu>; loadMs: number };
@@ -411,6 +415,7 @@ async function runScenario(
     ratioToReference: null,
     batchSize: batchesBefore && batchesAfter ? batchSizes(batchesBefore, batchesAfter) : null,
     serverCpuMsPer1000: server ? perThousand(last.server.cpuMs - first.server.cpuMs) : null,
+    serverCpuMsPer1000Messages: server && result.measuredMessages ? ((last.server.cpuMs - first.server.cpuMs) / result.measuredMessages) * 1000 : null,
     serverPeakRssMb: server ? Math.max(peakRss, last.server.rssMb) : null,
     serverRssMb: rss,
     postgresCpuMsPer1000: perThousand(cpuBetween(first.postgres, last.postgres)),
@@ -469,6 +474,11 @@ async function startServer(
       INGEST_API_TOKENS_FILE: "",
       FEED_API_TOKENS: API_TOKEN,
       FEED_API_TOKENS_FILE: "",
+      // The WhatsApp webhook's scenarios sign their deliveries with this secret.
+      WHATSAPP_APP_SECRETS: WHATSAPP_SECRET,
+      WHATSAPP_APP_SECRETS_FILE: "",
+      WHATSAPP_VERIFY_TOKENS: API_TOKEN,
+      WHATSAPP_VERIFY_TOKENS_FILE: "",
       TLS_CERT_FILE: "",
       TLS_KEY_FILE: "",
       TLS_CLIENT_CA_FILE: "",
@@ -599,6 +609,8 @@ function label(row: Row): string {
     bare: "bare node:http + pg",
     "bare-connect": "bare Connect + pg",
     "bare-grpc": "bare Connect gRPC + pg",
+    whatsapp: "POST /webhooks/whatsapp, 1 message",
+    "whatsapp-10": "POST /webhooks/whatsapp, 10 messages",
   }[row.scenario];
   const tracing = row.tracing ? " + tracing" : "";
   const clients = row.concurrency === tableConcurrency ? "" : `, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
@@ -608,7 +620,7 @@ function label(row: Row): string {
 function printTable(rows: Row[], options: BenchOptions): void {
   tableConcurrency = options.concurrency;
   const fixed = (n: number | null, digits = 1) => (n === null || !Number.isFinite(n) ? "-" : n.toFixed(digits));
-  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "x ref", "srv CPU ms/1k", "srv peak MB", "pg CPU ms/1k", "batch p50/p99", "client CPU ms/1k", "other cores"];
+  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "x ref", "srv CPU ms/1k", "srv CPU ms/1k msgs", "srv peak MB", "pg CPU ms/1k", "batch p50/p99", "client CPU ms/1k", "other cores"];
   const lines = rows.map((r) => [
     label(r),
     r.workers === null ? "-" : String(r.workers),
@@ -620,6 +632,7 @@ function printTable(rows: Row[], options: BenchOptions): void {
     fixed(r.ratioToFloor, 2),
     fixed(r.ratioToReference, 2),
     fixed(r.serverCpuMsPer1000, 0),
+    fixed(r.serverCpuMsPer1000Messages, 0),
     fixed(r.serverPeakRssMb, 0),
     fixed(r.postgresCpuMsPer1000, 0),
     r.batchSize ? `${r.batchSize.p50}/${r.batchSize.p99}` : "-",

@@ -80,9 +80,10 @@ const GATEWAYS = { whatsapp: ["zapi", "twilio", "meta-cloud"], email: ["sendgrid
 /**
  * Draws messages: `newShare` of them from never-seen senders (unique per
  * `tag`, so the scenarios of one run never share one; up to a million per
- * tag), the rest uniformly from the `poolSize` known senders.
+ * tag), the rest uniformly from the `poolSize` known senders; with
+ * `whatsappOnly`, WhatsApp senders only (the webhook scenarios).
  */
-export function messageSource(options: { poolSize: number; newShare: number; tag: string }) {
+export function messageSource(options: { poolSize: number; newShare: number; tag: string; whatsappOnly?: boolean }) {
   let sequence = 0;
   let created = 0;
   return (): Message => {
@@ -93,9 +94,11 @@ export function messageSource(options: { poolSize: number; newShare: number; tag
       created++;
       isNew = true;
       // Rio de Janeiro mobile numbers, never seeded.
-      who = sender(created, `55219${options.tag}${String(created).padStart(6, "0")}`, `new.${options.tag}.${created}@example.org`);
+      who = sender(options.whatsappOnly ? 1 : created, `55219${options.tag}${String(created).padStart(6, "0")}`, `new.${options.tag}.${created}@example.org`);
     } else {
-      who = knownSender(1 + randomInt(options.poolSize));
+      const n = 1 + randomInt(options.poolSize);
+      // A WhatsApp delivery carries only WhatsApp senders: every fourth known sender writes e-mail, so its neighbour stands in.
+      who = knownSender(options.whatsappOnly && n % 4 === 0 ? n - 1 : n);
     }
     const gateways = GATEWAYS[who.source];
     const messageId = `${options.tag}-${sequence}`;
