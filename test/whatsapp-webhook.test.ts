@@ -550,6 +550,29 @@ describe(`WhatsApp Cloud API webhook (${databaseKind})`, () => {
     expect(await metric("aurora_ingest_webhook_deliveries_accepted_total", { channel: "whatsapp" })).toBeGreaterThan(5);
   });
 
+  it("is authenticated by Meta's signature, not by our bearer tokens, and logs no content", async () => {
+    const guarded = await startTestServer(fixture.database, {
+      apiTokens: ["ingest-token-0123456789abcdef"],
+      whatsapp: { appSecrets: [APP_SECRET], verifyTokens: [VERIFY_TOKEN], maxBodyBytes: MAX_BODY_BYTES },
+    });
+    try {
+      const body = metaJson(
+        envelope({ contacts: [{ profile: { name: "T" }, wa_id: "5511987650090" }], messages: [{ from: "5511987650090", id: "wamid.no-bearer", timestamp: "1", type: "text", text: { body: "conteúdo privado" } }] }),
+      );
+      const plain = await postJson(guarded.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511987650090", content: "x" });
+
+      expect(plain.status).toBe(401);
+      expect((await deliver(body, { baseUrl: guarded.baseUrl })).status).toBe(200);
+      expect((await deliver(body, { baseUrl: guarded.baseUrl, signature: null })).status).toBe(401);
+      const line = guarded.logLines.find((l) => l.path === "/webhooks/whatsapp" && l.httpStatus === 200);
+      expect(line).toMatchObject({ channel: "whatsapp", stored: 1, duplicates: 0, accounts: ["102290129340398"] });
+      expect(guarded.logText()).not.toContain("privado");
+      expect(guarded.logText()).not.toContain(APP_SECRET);
+    } finally {
+      await guarded.server.close();
+    }
+  });
+
   it("is not served until its secrets are configured", async () => {
     const bare = await startTestServer(fixture.database);
     try {
