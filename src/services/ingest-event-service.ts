@@ -1,9 +1,12 @@
 import { createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Sequelize } from "sequelize-typescript";
+import { create, toBinary } from "@bufbuild/protobuf";
 import {
+  IngestEventSchema,
   WatchIngestEventsRequest_Start as Start,
-  type IngestEvent,
+  WatchIngestEventsResponseSchema,
   type IngestEventService,
+  type WatchIngestEventsResponse,
 } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestEventStatus } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import type { IngestEventStatus as StoredStatus } from "../db/models/IngestEvent.js";
@@ -21,6 +24,7 @@ import {
   type FeedIdentity,
 } from "../feed/position.js";
 import { findFeedEvent, readFeed, type FeedEvent } from "../feed/read-feed.js";
+import { preEncodedMessage, wantsBinary } from "./pre-encoded-message.js";
 
 /** What the feed's handlers need: the database, and the process's watch hub. */
 export interface IngestEventDependencies {
@@ -47,7 +51,8 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
   // Read once, when first needed (the database may be down at start-up).
   let identity: Promise<FeedIdentity> | undefined;
   const feedIdentity = () => (identity ??= loadFeedIdentity(sequelize).catch((error: unknown) => ((identity = undefined), Promise.reject(error))));
-  const shared = new WeakMap<FeedEvent, { ingestEvent: IngestEvent; resumeToken: string }>();
+  // What every watcher of this process sends for one event: the message, and its binary encoding once a binary stream asked.
+  const shared = new WeakMap<FeedEvent, { message: WatchIngestEventsResponse; encoded?: WatchIngestEventsResponse }>();
   const summary = (context: HandlerContext): FeedReadSummary => {
     const read: FeedReadSummary = { events: 0 };
     context.values.set(feedReadKey, read);
@@ -87,6 +92,7 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
     async *watchIngestEvents(request, context) {
       const keys = await feedIdentity();
       const start = request.resumeToken ? decodeResumeToken(keys, request.resumeToken) : request.start === Start.NOW ? "now" : FEED_START;
+      const binary = wantsBinary(context.requestHeader.get("content-type"));
       const read = { ...summary(context), checkpoints: 0 };
       context.values.set(feedReadKey, read);
       for await (const item of feedHub.watch(start, filtersOf(request), context.signal)) {
@@ -96,13 +102,27 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
           continue;
         }
         read.events++;
-        // Every watcher of this process gets the same event object: convert and sign it once.
+        // Every watcher of this process gets the same event object: convert, sign and encode it once.
         let converted = shared.get(item.event);
-        if (!converted) shared.set(item.event, (converted = { ingestEvent: toIngestEventMessage(item.event), resumeToken: encodeResumeToken(keys, item.position) }));
-        yield converted;
+        if (!converted) {
+          const message = create(WatchIngestEventsResponseSchema, {
+            ingestEvent: toIngestEventMessage(item.event),
+            resumeToken: encodeResumeToken(keys, item.position),
+          });
+          shared.set(item.event, (converted = { message }));
+        }
+        yield binary ? (converted.encoded ??= encodedOnce(converted.message)) : converted.message;
       }
     },
   };
+}
+
+/** The same response, its fields encoded now, so each binary stream only copies the bytes (see pre-encoded-message.ts). */
+function encodedOnce(message: WatchIngestEventsResponse): WatchIngestEventsResponse {
+  return preEncodedMessage(WatchIngestEventsResponseSchema, [
+    { no: WatchIngestEventsResponseSchema.field.ingestEvent.number, bytes: toBinary(IngestEventSchema, message.ingestEvent!) },
+    { no: WatchIngestEventsResponseSchema.field.resumeToken.number, bytes: Buffer.from(message.resumeToken) },
+  ]);
 }
 
 function filtersOf(request: { source: string; contactId: string; status: IngestEventStatus }): FeedFilters {
