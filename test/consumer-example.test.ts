@@ -15,6 +15,7 @@ import { createTestDatabase, databaseKind, type TestDatabase } from "./support/d
 import { startNats, type TestNats } from "./support/nats.js";
 import { startOtlpReceiver } from "./support/otlp-receiver.js";
 import { insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
+import { requires } from "./support/requirements.js";
 import { startTestServer } from "./support/server.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -71,7 +72,7 @@ async function consumerCounts(url = consumerDatabase.url): Promise<{ processed: 
   }
 }
 
-describe(`the example consumer (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`the example consumer (${databaseKind})`, () => {
   it("applies each event once through a consumer crash and a NATS restart", async () => {
     for (let i = 0; i < 4; i++) await insertEvents(ingest.sequelize, 50, `consumer-${i}`);
 
@@ -105,7 +106,7 @@ describe(`the example consumer (${databaseKind})`, () => {
   }, 180_000);
 });
 
-describe(`the example consumer's trace (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`the example consumer's trace (${databaseKind})`, () => {
   it("processes each message in a CONSUMER span linked to the span that ingested the event", async () => {
     const receiver = await startOtlpReceiver();
     const tracing = await createTracing({ protocol: "http/protobuf", url: `${receiver.endpoint}/v1/traces` });

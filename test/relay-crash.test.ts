@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadRelayState } from "../src/feed/relay/relay-state.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
+import { requires } from "./support/requirements.js";
 import { auditStream, insertEvents, readStream, wholeFeed } from "./support/relay.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -68,7 +69,7 @@ async function streamLastSeq(): Promise<number> {
   }
 }
 
-describe(`relay killed at its crash points (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`relay killed at its crash points (${databaseKind})`, () => {
   it("leaves every event in the stream once, in feed order, past the duplicate window", async () => {
     for (let i = 0; i < 6; i++) await insertEvents(database.sequelize, 50, `crash-${i}`);
 

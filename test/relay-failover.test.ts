@@ -2,6 +2,7 @@ import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
+import { requires } from "./support/requirements.js";
 import { startService } from "./support/process.js";
 import { auditStream, readStream, wholeFeed } from "./support/relay.js";
 
@@ -11,7 +12,7 @@ let nats: TestNats;
 const children: ChildProcess[] = [];
 
 // Replicas share a PostgreSQL server; the embedded database belongs to one process.
-describe.runIf(databaseKind === "postgres")("two replicas, one relay, failover under load (postgres)", () => {
+describe.runIf(databaseKind === "postgres" && requires("nats-server"))("two replicas, one relay, failover under load (postgres)", () => {
   beforeAll(async () => {
     [database, nats] = await Promise.all([createTestDatabase(), startNats()]);
   });

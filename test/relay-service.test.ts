@@ -7,6 +7,7 @@ import { createTestDatabase, databaseKind, type TestDatabase } from "./support/d
 import { startNats, type TestNats } from "./support/nats.js";
 import { startService } from "./support/process.js";
 import { readStream } from "./support/relay.js";
+import { requires } from "./support/requirements.js";
 import { postJson } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
 
@@ -40,7 +41,7 @@ async function metric(baseUrl: string, name: string): Promise<number> {
   return line ? Number(line.split(" ")[1]) : NaN;
 }
 
-describe(`the service with NATS unreachable (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`the service with NATS unreachable (${databaseKind})`, () => {
   it("stores and acknowledges, stays ready, shows the relay's backlog, and relays it once NATS is up", async () => {
     const service = await startService({ ...databaseEnv(), NATS_URL: nats.url, NATS_STREAM: "SERVICE_TEST", LOG_FORMAT: "json" });
     children.push(service.child);

@@ -13,6 +13,7 @@ import { createLogger } from "../src/observability/logger.js";
 import { createRelayMetrics } from "../src/observability/metrics.js";
 import { createTestDatabase, databaseKind, testServerUrl, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
+import { requires } from "./support/requirements.js";
 import { auditStream, insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
 import { waitFor } from "./support/wait.js";
 
@@ -64,7 +65,7 @@ async function expectExactlyTheFeed(config: RelayConfig): Promise<void> {
   expect(auditStream(messages, await wholeFeed(database.sequelize))).toBeUndefined();
 }
 
-describe(`feed relay (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
   it("creates the stream and relays every event once, in feed order, with its id, position and resume token", async () => {
     await insertEvents(database.sequelize, 50, "a");
     await insertEvents(database.sequelize, 1, "b");

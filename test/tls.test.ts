@@ -1,4 +1,4 @@
-import { execFile, spawnSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import https from "node:https";
 import { promisify } from "node:util";
 import type { TLSSocket } from "node:tls";
@@ -9,6 +9,7 @@ import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { createTestCertificates, type TestCertificates } from "./support/certificates.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startService } from "./support/process.js";
+import { requires } from "./support/requirements.js";
 import { startTestServer, type TestServer } from "./support/server.js";
 
 let certificates: TestCertificates;
@@ -49,7 +50,7 @@ function httpsPost(baseUrl: string, options: https.RequestOptions): Promise<{ st
   });
 }
 
-describe(`TLS on the one port (${databaseKind})`, () => {
+describe.runIf(requires("openssl"))(`TLS on the one port (${databaseKind})`, () => {
   it("serves gRPC over TLS (ALPN h2)", async () => {
     const client = createClient(IngestService, createGrpcTransport({ baseUrl: tlsServer.baseUrl, nodeOptions: { ca: certificates.ca } }));
     const response = await client.ingestMessage({ source: "whatsapp", senderId: "5511955554444", content: "gRPC over TLS" });
@@ -69,7 +70,7 @@ describe(`TLS on the one port (${databaseKind})`, () => {
     expect(response.body.status).toBe("persisted");
   });
 
-  it.runIf(spawnSync("curl", ["--version"]).status === 0).each(["--http1.1", "--http2"])("answers curl %s over TLS", async (version) => {
+  it.runIf(requires("curl")).each(["--http1.1", "--http2"])("answers curl %s over TLS", async (version) => {
     const { stdout } = await promisify(execFile)("curl", [
       "-sS", version, "--cacert", certificates.files.ca, "-H", "content-type: application/json", "-d", JSON.stringify(message),
       "-w", "\n%{http_code} %{http_version}", `${tlsServer.baseUrl}/ingest/message`,
@@ -87,7 +88,7 @@ describe(`TLS on the one port (${databaseKind})`, () => {
   });
 });
 
-describe(`mutual TLS (${databaseKind})`, () => {
+describe.runIf(requires("openssl"))(`mutual TLS (${databaseKind})`, () => {
   it("serves a client whose certificate the configured CA signed", async () => {
     const response = await httpsPost(mtlsServer.baseUrl, { ca: certificates.ca, ...certificates.client });
     expect(response.status).toBe(200);

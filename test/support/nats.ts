@@ -3,8 +3,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { locateProgram } from "./requirements.js";
 
-const NATS_SERVER = process.env.NATS_SERVER_BIN || "/usr/sbin/nats-server";
+// NATS_SERVER_BIN, else nats-server on the PATH, else Debian's /usr/sbin/nats-server (see requirements.ts).
+const natsServer = () => locateProgram("nats-server") ?? process.env.NATS_SERVER_BIN ?? "/usr/sbin/nats-server";
 
 /** A JetStream nats-server of a test's own, on a free loopback port, with its own store folder. */
 export interface TestNats {
@@ -27,7 +29,7 @@ export async function startNats(options: { started?: boolean } = {}): Promise<Te
 
   const start = async () => {
     output = "";
-    child = spawn(NATS_SERVER, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], { stdio: ["ignore", "pipe", "pipe"] });
+    child = spawn(natsServer(), ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], { stdio: ["ignore", "pipe", "pipe"] });
     child.stdout!.on("data", (chunk) => (output += chunk));
     child.stderr!.on("data", (chunk) => (output += chunk));
     const deadline = Date.now() + 15_000;

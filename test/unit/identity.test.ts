@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../src/config.js";
-import { senderIdentity, type IdentityOptions } from "../src/ingest/identity/sender-identity.js";
-import { configProblems } from "./support/config.js";
+import { loadConfig } from "../../src/config.js";
+import { senderIdentity, type IdentityOptions } from "../../src/ingest/identity/sender-identity.js";
+import { configProblems } from "../support/config.js";
 
 const brazil: IdentityOptions = { defaultPhoneRegion: "BR" };
 

@@ -2,10 +2,10 @@ import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../src/config.js";
-import { configProblems } from "./support/config.js";
+import { loadConfig } from "../../src/config.js";
+import { configProblems } from "../support/config.js";
 
-const root = path.resolve(import.meta.dirname, "..");
+const root = path.resolve(import.meta.dirname, "../..");
 
 /** The `NAME=value` lines of .env.example, as an environment. */
 async function envExample(): Promise<Record<string, string>> {
