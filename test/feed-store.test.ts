@@ -2,16 +2,7 @@ import pg from "pg";
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMigrator } from "../src/db/migrator.js";
-import {
-  decodePageToken,
-  decodeResumeToken,
-  encodePageToken,
-  encodeResumeToken,
-  FEED_START,
-  loadFeedIdentity,
-  type FeedIdentity,
-} from "../src/feed/position.js";
-import { InvalidFeedTokenError } from "../src/feed/errors.js";
+import { FEED_START } from "../src/feed/position.js";
 import { currentFeedPosition, READ_FEED, readFeed } from "../src/feed/read-feed.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { waitFor } from "./support/wait.js";
@@ -140,68 +131,6 @@ describe(`the feed's store (${databaseKind})`, () => {
       expect(events.map((node) => [node["Node Type"], node["Index Name"]])).toEqual([["Index Scan", "crm_ingest_events_feed_position_key"]]);
       expect(plan).not.toContain('"Node Type":"Sort"');
     }
-  });
-});
-
-describe("resume and page tokens", () => {
-  let identity: FeedIdentity;
-  beforeAll(async () => {
-    identity = await loadFeedIdentity(database.sequelize);
-  });
-  const position = { xid: 123_456_789_012n, seq: 42n };
-
-  const refusal = (decode: () => unknown): string => {
-    try {
-      decode();
-    } catch (error) {
-      expect(error).toBeInstanceOf(InvalidFeedTokenError);
-      return (error as Error).message;
-    }
-    throw new Error("the token was accepted");
-  };
-
-  it("round-trip and are opaque, short, URL-safe strings", () => {
-    const token = encodeResumeToken(identity, position);
-    expect(token).toMatch(/^[A-Za-z0-9_-]{40,80}$/);
-    expect(decodeResumeToken(identity, token)).toEqual(position);
-    expect(decodeResumeToken(identity, encodeResumeToken(identity, FEED_START))).toEqual(FEED_START);
-    const filters = { source: "web", contactId: undefined, status: "LINKED" };
-    expect(decodePageToken(identity, encodePageToken(identity, position, filters), filters)).toEqual(position);
-  });
-
-  it("refuse malformed tokens, saying so", () => {
-    for (const token of ["", "x", "not a token!", "AAAA", encodeResumeToken(identity, position).slice(0, -2)]) {
-      expect(refusal(() => decodeResumeToken(identity, token))).toMatch(/^resume_token: .*malformed/);
-    }
-    // A page token is not a resume token, and the other way round.
-    expect(refusal(() => decodeResumeToken(identity, encodePageToken(identity, position, {})))).toMatch(/malformed/);
-    expect(refusal(() => decodePageToken(identity, encodeResumeToken(identity, position), {}))).toMatch(/^page_token: .*malformed/);
-  });
-
-  it("refuse a token whose position was changed or whose signature was forged", () => {
-    const bytes = Buffer.from(encodeResumeToken(identity, position), "base64url");
-    const changed = Buffer.from(bytes);
-    changed[20] ^= 1; // the seq
-    expect(refusal(() => decodeResumeToken(identity, changed.toString("base64url")))).toMatch(/invalid signature .*forged/);
-    const forged = Buffer.from(bytes);
-    forged[forged.length - 1] ^= 1;
-    expect(refusal(() => decodeResumeToken(identity, forged.toString("base64url")))).toMatch(/invalid signature/);
-  });
-
-  it("refuse a token from another database", async () => {
-    const other = await createTestDatabase();
-    try {
-      const foreign = encodeResumeToken(await loadFeedIdentity(other.sequelize), position);
-      expect(refusal(() => decodeResumeToken(identity, foreign))).toMatch(/another database/);
-    } finally {
-      await other.close();
-    }
-  });
-
-  it("refuse a page token sent with other filters", () => {
-    const token = encodePageToken(identity, position, { source: "web" });
-    expect(refusal(() => decodePageToken(identity, token, { source: "email" }))).toMatch(/other filters/);
-    expect(refusal(() => decodePageToken(identity, token, {}))).toMatch(/other filters/);
   });
 });
 

@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { defaultInputLimits, loadConfig, type InputLimits } from "../src/config.js";
-import { configProblems } from "./support/config.js";
 import { databaseKind } from "./support/database.js";
 import { countEvents as countEventsIn, rows } from "./support/rows.js";
 import { postJson, startTestServer, useTestServer, type TestServer } from "./support/server.js";
@@ -286,40 +285,8 @@ describe(`configured limits (${databaseKind})`, () => {
   });
 });
 
+// How the configuration reads the limits, and each rule, are checked in test/unit/interceptors.test.ts.
 describe("limits in the configuration", () => {
-  it("reads every limit from the environment, defaulting each one", () => {
-    expect(loadConfig({}).limits).toEqual(defaultInputLimits);
-    expect(defaultInputLimits).toEqual({
-      requestMaxBytes: 409_600,
-      senderIdMaxChars: 320,
-      externalIdMaxChars: 320,
-      contentMaxBytes: 262_144,
-      metadataMaxBytes: 65_536,
-      metadataMaxDepth: 10,
-    });
-    const config = loadConfig({
-      MAX_REQUEST_BYTES: "4096",
-      MAX_SENDER_ID_CHARS: "64",
-      MAX_EXTERNAL_ID_CHARS: "100",
-      MAX_CONTENT_BYTES: "1000",
-      MAX_METADATA_BYTES: "500",
-      MAX_METADATA_DEPTH: "3",
-    });
-    expect(config.limits).toEqual({
-      requestMaxBytes: 4096,
-      senderIdMaxChars: 64,
-      externalIdMaxChars: 100,
-      contentMaxBytes: 1000,
-      metadataMaxBytes: 500,
-      metadataMaxDepth: 3,
-    });
-  });
-
-  it("names every bad limit at once", () => {
-    const problems = configProblems({ MAX_CONTENT_BYTES: "lots", MAX_METADATA_DEPTH: "1000", MAX_REQUEST_BYTES: "-1" });
-    expect(problems.map((problem) => problem.split(" ")[0]).sort()).toEqual(["MAX_CONTENT_BYTES", "MAX_METADATA_DEPTH", "MAX_REQUEST_BYTES"]);
-  });
-
   it("serves with the limits the configuration reads from the environment", async () => {
     const server = await startTestServer(fixture.database, { limits: loadConfig({ MAX_CONTENT_BYTES: "4" }).limits });
     try {
