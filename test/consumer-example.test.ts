@@ -159,7 +159,7 @@ describe.runIf(requires("nats-server"))(`the example consumer's trace (${databas
 });
 
 // Last: it purges the stream that the tests above read.
-describe(`the example consumer's backfill (${databaseKind})`, () => {
+describe.runIf(requires("nats-server"))(`the example consumer's backfill (${databaseKind})`, () => {
   it("after an outage longer than the stream keeps events, lists the feed from its last Aurora-Resume-Token and applies each event once", async () => {
     const own = await createTestDatabase({ migrate: false });
     const server = await startTestServer(ingest);

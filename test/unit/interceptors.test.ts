@@ -179,7 +179,7 @@ function databaseError(code: string, message = "driver says no"): DatabaseError 
 
 describe("error rewriting: one table from errors to Connect codes", () => {
   it.each([
-    ["a conflicting retry", new DuplicateConflictError("e-1", ["content"]), Code.AlreadyExists, "as event e-1, with a different content"],
+    ["a conflicting retry", new DuplicateConflictError(), Code.AlreadyExists, "send a new external_id for a new message"],
     ["a bad feed token", new InvalidFeedTokenError("page_token", "is not a page token"), Code.InvalidArgument, "page_token: is not a page token"],
     ["an unknown event", new IngestEventNotFoundError("e-2"), Code.NotFound, "ingest event e-2 does not exist"],
     ["the watch limit", new FeedWatchLimitError(3), Code.ResourceExhausted, "limit of 3 watch streams"],
@@ -226,11 +226,11 @@ describe("error rewriting: one table from errors to Connect codes", () => {
 
   it("rewrites what a handler throws, over a Connect router", async () => {
     const conflict = inMemory(() => {
-      throw new DuplicateConflictError("e-9", ["sender_id"]);
+      throw new DuplicateConflictError();
     });
     const answer = await failure(conflict.client.ingestMessage(valid));
     expect(answer.code).toBe(Code.AlreadyExists);
-    expect(answer.rawMessage).toContain("event e-9");
+    expect(answer.rawMessage).toContain("already stored for this source");
 
     const crash = inMemory(() => Promise.reject(new Error("secret detail")));
     const internal = await failure(crash.client.ingestMessage(valid));

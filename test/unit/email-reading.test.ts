@@ -1,10 +1,10 @@
 import { createHash, createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { checkMailgunSignature, readMailgunForm } from "../src/channels/email/mailgun.js";
-import { defaultEmailLimits, readEmail, repairC1, replyOf } from "../src/channels/email/read-email.js";
+import { checkMailgunSignature, readMailgunForm } from "../../src/channels/email/mailgun.js";
+import { defaultEmailLimits, readEmail, repairC1, replyOf } from "../../src/channels/email/read-email.js";
 
-const fixture = (name: string) => new Uint8Array(readFileSync(new URL(`./fixtures/email/${name}`, import.meta.url)));
+const fixture = (name: string) => new Uint8Array(readFileSync(new URL(`../fixtures/email/${name}`, import.meta.url)));
 
 describe("reading an e-mail", () => {
   it("keeps a Portuguese reply without its quoted history, with threading and the receiving server's results", async () => {
