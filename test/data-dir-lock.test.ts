@@ -9,7 +9,7 @@ import { DataDirInUseError, LOCK_FILE_NAME, lockDataDir } from "../src/db/data-d
 import { openDatabase } from "../src/db/database.js";
 import { databaseKind } from "./support/database.js";
 import { runScript, startService } from "./support/process.js";
-import { postJson } from "./support/server.js";
+import { postMessage } from "./support/ingest.js";
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterAll(async () => {
@@ -55,10 +55,19 @@ describe("the embedded data folder's lock", () => {
 
   it("takes over a lock whose process is gone, or whose content is unreadable", async () => {
     const dir = await tempDir("aurora-lock-");
-    writeLock(dir, { pid: await deadPid(), host: os.hostname(), startedAt: "2026-01-01T00:00:00.000Z", nonce: "b" });
-    lockDataDir(dir)();
-    writeFileSync(path.join(dir, LOCK_FILE_NAME), "{trunc");
-    lockDataDir(dir)();
+    const lockFile = path.join(dir, LOCK_FILE_NAME);
+    const holder = () => JSON.parse(readFileSync(lockFile, "utf8"));
+    const dead = await deadPid();
+    for (const stale of [JSON.stringify({ pid: dead, host: os.hostname(), startedAt: "2026-01-01T00:00:00.000Z", nonce: "b" }), "{trunc"]) {
+      writeFileSync(lockFile, stale);
+      const release = lockDataDir(dir);
+      // This process holds it now, under a lock of its own: not the stale one.
+      expect(holder()).toMatchObject({ pid: process.pid, host: os.hostname() });
+      expect(holder().nonce).not.toBe("b");
+      expect(() => lockDataDir(dir)).toThrow(DataDirInUseError);
+      release();
+      expect(existsSync(lockFile)).toBe(false);
+    }
   });
 
   it("respects a lock written on another host, whose processes it cannot see", async () => {
@@ -76,7 +85,7 @@ describe.runIf(databaseKind === "embedded")("two processes on one embedded data 
     const env = { DATABASE_URL: "", EMBEDDED_DATA_DIR: dataDir };
     const sender = "5511966665555";
     const ingest = async (baseUrl: string, content: string) => {
-      const { status, body } = await postJson(baseUrl, "/ingest/message", { source: "whatsapp", sender_id: sender, content, metadata: {} });
+      const { status, body } = await postMessage(baseUrl, { source: "whatsapp", sender_id: sender, content, metadata: {} });
       expect(status).toBe(200);
       return body as { event_id: string; contact_id: string };
     };

@@ -6,7 +6,8 @@ import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { openDatabase, type Database } from "../src/db/database.js";
 import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
 import { rows as rowsOf } from "./support/rows.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { postMessage } from "./support/ingest.js";
+import { startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { waitFor } from "./support/wait.js";
 
@@ -43,7 +44,7 @@ afterAll(async () => {
 
 let sequence = 0;
 const ingest = () =>
-  postJson(server.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: `55119${String(++sequence).padStart(8, "0")}`, content: "during a fault", metadata: {} });
+  postMessage(server.baseUrl, { source: "whatsapp", sender_id: `55119${String(++sequence).padStart(8, "0")}`, content: "during a fault", metadata: {} });
 
 /** Sends a request and measures how long its answer took. */
 async function timed<T>(request: () => Promise<T>): Promise<{ result: T; ms: number }> {
@@ -133,7 +134,7 @@ describe(`database faults (${databaseKind})`, () => {
       // A known contact, locked by another session: a batch that links an
       // event to it waits on the lock mid-statement, its other events and
       // new contacts already inserted but not committed.
-      const known = await postJson(server.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511977770000", content: "known", metadata: {} });
+      const known = await postMessage(server.baseUrl, { source: "whatsapp", sender_id: "5511977770000", content: "known", metadata: {} });
       const locked = { id: known.body.contact_id as string };
       const admin = new pg.Client({ connectionString: database.url });
       await admin.connect();
@@ -146,7 +147,7 @@ describe(`database faults (${databaseKind})`, () => {
           content: `mid-batch ${i}`,
           metadata: {},
         }));
-        const answers = Promise.all(sent.map((body) => postJson(server.baseUrl, "/ingest/message", body)));
+        const answers = Promise.all(sent.map((body) => postMessage(server.baseUrl, body)));
         for (let waited = 0; ; waited += 10) {
           const waiting = await admin.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [SERVICE_NAME]);
           if (waiting.rowCount! > 0) break;

@@ -5,11 +5,10 @@ import { WatchIngestEventsRequest_Start as Start } from "../gen/aurora/crm/v1/in
 import { databaseKind } from "./support/database.js";
 import { feedClient, feedTransports, ingestClient, listAllIds, openWatch, type OpenWatch } from "./support/feed.js";
 import { useTestServer } from "./support/server.js";
-import { waitFor } from "./support/wait.js";
+import { sleep, waitFor } from "./support/wait.js";
 
 const fixture = useTestServer({ feed: { checkpointIntervalMs: 200, bufferEvents: 50 } });
 const transport = () => feedTransports["gRPC"](fixture.server.baseUrl);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function connect(): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: fixture.database.url });

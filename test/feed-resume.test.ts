@@ -4,7 +4,7 @@ import { createTestDatabase, databaseKind, type TestDatabase } from "./support/d
 import { feedClient, feedTransports, ingestClient, listAllIds, openWatch, type OpenWatch } from "./support/feed.js";
 import { startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy } from "./support/tcp-proxy.js";
-import { waitFor } from "./support/wait.js";
+import { sleep, waitFor } from "./support/wait.js";
 
 let database: TestDatabase | undefined;
 const servers: TestServer[] = [];
@@ -13,7 +13,6 @@ afterAll(async () => {
   await database?.close();
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe(`resuming a watch (${databaseKind})`, () => {
   it.each(Object.keys(feedTransports))(

@@ -13,6 +13,7 @@ import { createTestDatabase, databaseKind, type TestDatabase } from "./support/d
 import { requires } from "./support/requirements.js";
 import { connectRawH2, FRAME, headersFrame } from "./support/h2-frames.js";
 import { startTestServer, type TestServer } from "./support/server.js";
+import { sleep } from "./support/wait.js";
 
 const TOKEN = "hardening-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -38,7 +39,6 @@ afterAll(async () => {
 });
 
 const portOf = (s: TestServer) => Number(new URL(s.baseUrl).port);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Resolves to `value`'s outcome, or "timeout" after `ms`. */
 function within<T>(value: Promise<T>, ms: number): Promise<T | "timeout"> {

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { databaseKind } from "./support/database.js";
 import { count, rows } from "./support/rows.js";
+import { postMessage } from "./support/ingest.js";
 import { postJson, startTestServer, useTestServer } from "./support/server.js";
 
 // The ingest command's own rules (identity, retries, statuses) are tested in
@@ -12,7 +13,7 @@ import { postJson, startTestServer, useTestServer } from "./support/server.js";
 
 const fixture = useTestServer();
 
-const ingest = (body: unknown, target = fixture.server) => postJson(target.baseUrl, "/ingest/message", body);
+const ingest = (body: unknown, target = fixture.server) => postMessage(target.baseUrl, body);
 const event = async (id: string) => (await rows(fixture.database, "SELECT * FROM crm_ingest_events WHERE id = $1", [id]))[0];
 
 describe(`POST /ingest/message (${databaseKind})`, () => {

@@ -4,32 +4,18 @@ import { describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { maskSenderId } from "../src/observability/logger.js";
 import { databaseKind } from "./support/database.js";
+import { postMessage } from "./support/ingest.js";
+import { readMetric } from "./support/metrics.js";
 import { useTestServer } from "./support/server.js";
 
 const fixture = useTestServer();
 
-async function ingest(body: unknown, headers: Record<string, string> = {}) {
-  const response = await fetch(`${fixture.server.baseUrl}/ingest/message`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...headers },
-    body: JSON.stringify(body),
-  });
-  return { status: response.status, requestId: response.headers.get("x-request-id"), body: await response.json() };
-}
+const ingest = (body: unknown, headers: Record<string, string> = {}) => postMessage(fixture.server.baseUrl, body, headers);
 
-/** GETs /metrics and returns the value of one series (0 when absent). */
-async function metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const response = await fetch(`${fixture.server.baseUrl}/metrics`);
-  expect(response.headers.get("content-type")).toMatch(/^text\/plain/);
-  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
-  for (const line of (await response.text()).split("\n")) {
-    const match = /^([a-z_:]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const present = match[2]?.split(/,(?=[a-z_]+=")/) ?? [];
-    if (wanted.every((pair) => present.includes(pair))) return Number(match[3]);
-  }
-  return 0;
-}
+/** One series of the server's /metrics; undefined when absent. */
+const metric = (name: string, labels: Record<string, string> = {}) => readMetric(fixture.server.baseUrl, name, labels);
+/** A counter before a test counts: absent until its first count. */
+const counted = async (name: string, labels: Record<string, string> = {}) => (await metric(name, labels)) ?? 0;
 
 const INGEST = "/aurora.crm.v1.IngestService/IngestMessage";
 
@@ -37,10 +23,10 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
   it("count a request, the event it stored and the contact it created", async () => {
     const labels = { procedure: INGEST, protocol: "connect", code: "ok" };
     const before = {
-      requests: await metric("aurora_ingest_requests_total", labels),
-      linked: await metric("aurora_ingest_events_stored_total", { status: "LINKED" }),
-      contacts: await metric("aurora_ingest_contacts_created_total"),
-      latency: await metric("aurora_ingest_request_duration_seconds_count", { procedure: INGEST, protocol: "connect" }),
+      requests: await counted("aurora_ingest_requests_total", labels),
+      linked: await counted("aurora_ingest_events_stored_total", { status: "LINKED" }),
+      contacts: await counted("aurora_ingest_contacts_created_total"),
+      latency: await counted("aurora_ingest_request_duration_seconds_count", { procedure: INGEST, protocol: "connect" }),
     };
 
     await ingest({ source: "whatsapp", sender_id: "5511944443333", content: "primeira", metadata: {} });
@@ -59,9 +45,9 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
     const grpcOk = { procedure: INGEST, protocol: "grpc", code: "ok" };
     const refused = { procedure: INGEST, protocol: "connect", code: "invalid_argument" };
     const before = {
-      grpcOk: await metric("aurora_ingest_requests_total", grpcOk),
-      refused: await metric("aurora_ingest_requests_total", refused),
-      received: await metric("aurora_ingest_events_stored_total", { status: "RECEIVED" }),
+      grpcOk: await counted("aurora_ingest_requests_total", grpcOk),
+      refused: await counted("aurora_ingest_requests_total", refused),
+      received: await counted("aurora_ingest_events_stored_total", { status: "RECEIVED" }),
     };
     const client = createClient(IngestService, createGrpcTransport({ baseUrl: fixture.server.baseUrl }));
     await client.ingestMessage({ source: "web", senderId: "visitor-1", content: "via grpc" });
@@ -74,7 +60,9 @@ describe(`metrics at /metrics (${databaseKind})`, () => {
   });
 
   it("expose the database pool, the duplicates counter and Node's process defaults", async () => {
-    const text = await (await fetch(`${fixture.server.baseUrl}/metrics`)).text();
+    const response = await fetch(`${fixture.server.baseUrl}/metrics`);
+    expect(response.headers.get("content-type")).toMatch(/^text\/plain/);
+    const text = await response.text();
     for (const series of [
       'aurora_ingest_db_pool_connections{state="in_use"}',
       'aurora_ingest_db_pool_connections{state="idle"}',

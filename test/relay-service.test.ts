@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
 import { startService } from "./support/process.js";
+import { readMetric } from "./support/metrics.js";
 import { readStream } from "./support/relay.js";
 import { requires } from "./support/requirements.js";
 import { postJson } from "./support/server.js";
@@ -35,12 +36,6 @@ async function readyz(baseUrl: string): Promise<{ status: number; body: any }> {
   return { status: response.status, body: await response.json() };
 }
 
-async function metric(baseUrl: string, name: string): Promise<number> {
-  const text = await (await fetch(`${baseUrl}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.split(" ")[1]) : NaN;
-}
-
 describe.runIf(requires("nats-server"))(`the service with NATS unreachable (${databaseKind})`, () => {
   it("stores and acknowledges, stays ready, shows the relay's backlog, and relays it once NATS is up", async () => {
     const service = await startService({ ...databaseEnv(), NATS_URL: nats.url, NATS_STREAM: "SERVICE_TEST", LOG_FORMAT: "json" });
@@ -65,8 +60,8 @@ describe.runIf(requires("nats-server"))(`the service with NATS unreachable (${da
     }
     expect(ready.status).toBe(200);
     expect(ready.body).toMatchObject({ ready: true, relay: { natsConnected: false, lagEvents: 5 } });
-    expect(await metric(service.baseUrl, "aurora_ingest_relay_lag_events")).toBe(5);
-    expect(await metric(service.baseUrl, "aurora_ingest_relay_active")).toBe(0);
+    expect(await readMetric(service.baseUrl, "aurora_ingest_relay_lag_events")).toBe(5);
+    expect(await readMetric(service.baseUrl, "aurora_ingest_relay_active")).toBe(0);
 
     await nats.start();
     const until = Date.now() + 20_000;
@@ -79,8 +74,8 @@ describe.runIf(requires("nats-server"))(`the service with NATS unreachable (${da
     const drained = Date.now() + 5_000;
     while ((await readyz(service.baseUrl)).body.relay.lagEvents !== 0 && Date.now() < drained) await new Promise((r) => setTimeout(r, 100));
     expect((await readyz(service.baseUrl)).body.relay).toMatchObject({ state: "active", natsConnected: true, lagEvents: 0, lagSeconds: 0 });
-    expect(await metric(service.baseUrl, "aurora_ingest_relay_active")).toBe(1);
-    expect(await metric(service.baseUrl, "aurora_ingest_relay_published_total")).toBe(5);
+    expect(await readMetric(service.baseUrl, "aurora_ingest_relay_active")).toBe(1);
+    expect(await readMetric(service.baseUrl, "aurora_ingest_relay_published_total")).toBe(5);
     service.child.kill("SIGTERM");
   }, 180_000);
 
