@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import path from "node:path";
 import { pino } from "pino";
 import { isPhoneRegion, type PhoneRegion } from "./ingest/identity/phone-number.js";
+import type { PrivacyToken } from "./privacy/token-labels.js";
 
 /** Everything the service reads from its environment, parsed and checked once at start-up. */
 export interface Config {
@@ -34,6 +35,8 @@ export interface Config {
   apiTokens: string[];
   /** Bearer tokens that may read the event feed (IngestEventService). A token in both lists may do both. */
   feedApiTokens: string[];
+  /** Bearer tokens of the privacy API (PrivacyService), each with its audit label; empty: the API is not served. */
+  privacyTokens: PrivacyToken[];
   /** How the event feed is served to watchers (src/feed/feed-hub.ts). */
   feed: FeedConfig;
   /** TLS on the one port (PEM contents); with `clientCa`, clients must present a certificate it signed. */
@@ -254,6 +257,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   const apiTokens = tokens("INGEST_API_TOKENS", "API token");
   const feedApiTokens = tokens("FEED_API_TOKENS", "feed API token");
+  // The privacy API: a scope of its own, and only behind authentication everywhere (docs/privacy.md).
+  const privacyTokens = privacyTokenList(tokens("PRIVACY_API_TOKENS", "privacy API token"), problems);
+  if (privacyTokens.length > 0) {
+    if (apiTokens.length === 0) problems.push("PRIVACY_API_TOKENS needs INGEST_API_TOKENS: the privacy API is served only when every route needs a token");
+    privacyTokens.forEach(({ token }, i) => {
+      if (apiTokens.includes(token) || feedApiTokens.includes(token)) {
+        problems.push(`privacy API token #${i + 1} is also an ingest or feed token: a privacy token may do nothing else`);
+      }
+    });
+  }
 
   const allowUnauthenticated = oneOf("ALLOW_UNAUTHENTICATED", "false", ["true", "false"] as const);
   const host = env.HOST || "127.0.0.1";
@@ -303,6 +316,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
     apiTokens,
     feedApiTokens,
+    privacyTokens,
     feed: {
       pollIntervalMs: integer("FEED_POLL_INTERVAL_MS", 50, 5, 60_000),
       checkpointIntervalMs: integer("FEED_CHECKPOINT_INTERVAL_MS", 15_000, 100, 3_600_000),
@@ -410,6 +424,19 @@ function tracingConfig(env: NodeJS.ProcessEnv, problems: string[]): TracingConfi
   }
   if (endpoints.length === 0 || disabled === "true" || exporter === "none") return undefined;
   return { protocol: protocol === "http/json" ? "http/json" : "http/protobuf" };
+}
+
+/**
+ * Privacy tokens with their audit labels: `label:token` names a token, a
+ * plain token is named by its fingerprint in the audit trail. The token
+ * itself, without its label, must be at least 16 characters.
+ */
+function privacyTokenList(entries: string[], problems: string[]): PrivacyToken[] {
+  return entries.map((entry, i) => {
+    const match = /^([A-Za-z0-9._-]{1,64}):(\S+)$/.exec(entry);
+    if (match && match[2].length < 16) problems.push(`privacy API token #${i + 1} must be at least 16 characters after its label`);
+    return match ? { label: match[1], token: match[2] } : { token: entry };
+  });
 }
 
 /** True for addresses only this machine can reach: 127.0.0.0/8, ::1 and localhost. */

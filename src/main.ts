@@ -70,6 +70,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     limits: config.limits,
     apiTokens: config.apiTokens,
     feedApiTokens: config.feedApiTokens,
+    privacyTokens: config.privacyTokens,
     tls: config.tls,
     requestTimeoutMs: config.databaseTimeoutMs,
     serverLimits: config.serverLimits,

@@ -56,6 +56,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.12.04T00.01.ingest-event-kind",
       "2026.12.04T00.02.whatsapp-user-links",
       "2026.12.04T00.03.webhook-replay-tokens",
+      "2026.12.04T00.04.privacy-requests",
     ]);
     expect(await tables()).toEqual([
       "crm_contacts",
@@ -63,6 +64,7 @@ describe(`migrations (${databaseKind})`, () => {
       "crm_feed_identity",
       "crm_feed_relay_state",
       "crm_ingest_events",
+      "crm_privacy_requests",
       "crm_webhook_replay_tokens",
       "crm_whatsapp_user_links",
     ]);
@@ -89,8 +91,17 @@ describe(`migrations (${databaseKind})`, () => {
     );
     expect(await columns("crm_ingest_events")).toContain("trace_parent");
     expect(await columns("crm_ingest_events")).toContain("kind");
+    expect(await indexes("crm_ingest_events")).toEqual(
+      expect.arrayContaining([expect.stringMatching(/INDEX crm_ingest_events_source_sender_id_created_at_idx .*\(source, sender_id, created_at\)/)]),
+    );
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await tables()).not.toContain("crm_privacy_requests");
+    expect(await indexes("crm_ingest_events")).toEqual(
+      expect.arrayContaining([expect.stringMatching(/INDEX crm_ingest_events_source_sender_id_idx .*\(source, sender_id\)$/)]),
+    );
+    expect((await indexes("crm_ingest_events")).join("\n")).not.toContain("created_at_idx ON public.crm_ingest_events USING btree (source");
     await migrator.down();
     expect(await tables()).not.toContain("crm_webhook_replay_tokens");
     await migrator.down();
@@ -116,7 +127,7 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(9);
+    expect((await migrator.pending()).length).toBe(10);
 
     await migrator.up();
     expect(await tables()).toEqual([
@@ -125,6 +136,7 @@ describe(`migrations (${databaseKind})`, () => {
       "crm_feed_identity",
       "crm_feed_relay_state",
       "crm_ingest_events",
+      "crm_privacy_requests",
       "crm_webhook_replay_tokens",
       "crm_whatsapp_user_links",
     ]);

@@ -5,6 +5,7 @@ import { Contact } from "../src/db/models/Contact.js";
 import { Deal } from "../src/db/models/Deal.js";
 import { IngestEvent, INGEST_EVENT_KINDS, INGEST_EVENT_STATUSES } from "../src/db/models/IngestEvent.js";
 import { WhatsappUserLink } from "../src/db/models/WhatsappUserLink.js";
+import { PrivacyRequest, PRIVACY_REQUEST_KINDS, PRIVACY_REQUEST_STATES } from "../src/db/models/PrivacyRequest.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 
 // The models are what queries through Sequelize trust about the tables; the
@@ -57,12 +58,16 @@ async function described(table: string): Promise<Description> {
 }
 
 /** PostgreSQL's name for a Sequelize data type, as format_type() prints it. */
-function typeName(type: string | { key: string; options?: { precision?: number; scale?: number } }): string {
+function typeName(type: string | { key: string; options?: { precision?: number; scale?: number }; type?: { key: string } }): string {
   // A type Sequelize has no name for (xid8) is given as PostgreSQL's own.
   if (typeof type === "string") return type;
   switch (type.key) {
     case "BIGINT":
       return "bigint";
+    case "INTEGER":
+      return "integer";
+    case "ARRAY":
+      return `${typeName(type.type!)}[]`;
     case "UUID":
       return "uuid";
     case "TEXT":
@@ -83,6 +88,8 @@ function defaultExpression(value: unknown, type: string): string | null {
   if (value === undefined || value === null) return null;
   if (typeof value === "object" && "val" in value) return String(value.val); // literal()
   if (typeof value === "object" && "fn" in value) return `${String(value.fn)}()`; // fn()
+  if (typeof value === "number") return String(value); // PostgreSQL prints a numeric constant bare
+  if (Array.isArray(value) && value.length === 0) return `ARRAY[]::${type}`;
   const text = typeof value === "string" ? value : JSON.stringify(value);
   return `'${text.replaceAll("'", "''")}'::${type}`;
 }
@@ -113,7 +120,13 @@ function modelled(model: ModelStatic<Model>): Description {
 }
 
 describe(`models against the migrated schema (${databaseKind})`, () => {
-  const models = { crm_contacts: Contact, crm_deals: Deal, crm_ingest_events: IngestEvent, crm_whatsapp_user_links: WhatsappUserLink } as unknown as Record<string, ModelStatic<Model>>;
+  const models = {
+    crm_contacts: Contact,
+    crm_deals: Deal,
+    crm_ingest_events: IngestEvent,
+    crm_whatsapp_user_links: WhatsappUserLink,
+    crm_privacy_requests: PrivacyRequest,
+  } as unknown as Record<string, ModelStatic<Model>>;
   for (const [table, model] of Object.entries(models)) {
     it(`${model.name} describes ${table} exactly: columns, types, nullability, defaults, indexes, foreign keys`, async () => {
       expect(model.getTableName()).toBe(table);
@@ -139,6 +152,21 @@ describe(`models against the migrated schema (${databaseKind})`, () => {
     const allowed = [...check.definition.matchAll(/'([^']+)'::text/g)].map((match) => match[1]);
     expect(allowed.sort()).toEqual([...INGEST_EVENT_KINDS].sort());
     expect(IngestEvent.getAttributes().kind.validate).toEqual({ isIn: [INGEST_EVENT_KINDS] });
+  });
+
+  it("PrivacyRequest allows exactly the kinds and states the database's check constraints allow", async () => {
+    for (const [constraint, values, attribute] of [
+      ["crm_privacy_requests_kind_check", PRIVACY_REQUEST_KINDS, "kind"],
+      ["crm_privacy_requests_state_check", PRIVACY_REQUEST_STATES, "state"],
+    ] as const) {
+      const [check] = await database.sequelize.query<{ definition: string }>(
+        "SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conname = $1",
+        { bind: [constraint], type: QueryTypes.SELECT },
+      );
+      const allowed = [...check.definition.matchAll(/'([^']+)'::text/g)].map((match) => match[1]);
+      expect(allowed.sort()).toEqual([...values].sort());
+      expect(PrivacyRequest.getAttributes()[attribute].validate).toEqual({ isIn: [values] });
+    }
   });
 
   it("creates and reads rows through the models, with the database's defaults", async () => {

@@ -11,6 +11,7 @@ import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
 import { IngestEvent } from "./models/IngestEvent.js";
 import { WhatsappUserLink } from "./models/WhatsappUserLink.js";
+import { PrivacyRequest } from "./models/PrivacyRequest.js";
 
 /** Where the database lives: a PostgreSQL server, or the embedded one in a folder (or in memory). */
 export type DatabaseTarget =
@@ -172,7 +173,7 @@ function createSequelize(url: string, poolMax: number, timeoutMs?: number): Sequ
   return new Sequelize(url, {
     dialect: "postgres",
     logging: false,
-    models: [Contact, Deal, IngestEvent, WhatsappUserLink],
+    models: [Contact, Deal, IngestEvent, WhatsappUserLink, PrivacyRequest],
     pool: { max: poolMax, min: 0, acquire: timeoutMs ?? 10_000, idle: 10_000 },
     dialectOptions: { application_name: applicationName, ...timeouts },
   });

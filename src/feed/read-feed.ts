@@ -75,13 +75,14 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
 
 // The position comes back as text (xid8 and bigint exceed a JS number) under
 // names of its own: an output column named feed_xid would be what ORDER BY
-// feed_xid sorts by, as text.
-const COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent, kind,
+// feed_xid sorts by, as text. Other readers of whole events (the privacy
+// export) select the same columns.
+export const FEED_EVENT_COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent, kind,
   feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
 /** The page read; exported so a test can check its plan stays an index range scan. */
 export const READ_FEED = `
-    SELECT ${COLUMNS} FROM crm_ingest_events
+    SELECT ${FEED_EVENT_COLUMNS} FROM crm_ingest_events
     WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
       AND feed_xid < ${FEED_HORIZON}
       AND ($4::text IS NULL OR source = $4::text)
@@ -96,14 +97,15 @@ const LAST_POSITION = `
     ORDER BY feed_xid DESC, feed_seq DESC
     LIMIT 1`;
 
-const FIND_EVENT = `SELECT ${COLUMNS} FROM crm_ingest_events WHERE id = $1::uuid`;
+const FIND_EVENT = `SELECT ${FEED_EVENT_COLUMNS} FROM crm_ingest_events WHERE id = $1::uuid`;
 
 /** Runs a read with bind parameters and returns its rows. */
 function select<Row extends object>(sequelize: Sequelize, sql: string, bind: unknown[]): Promise<Row[]> {
   return sequelize.query<Row>(sql, { bind, type: QueryTypes.SELECT });
 }
 
-interface EventRow {
+/** A row read with FEED_EVENT_COLUMNS. */
+export interface EventRow {
   id: string;
   source: string;
   sender_id: string;
@@ -120,7 +122,8 @@ interface EventRow {
   position_seq: string;
 }
 
-function toFeedEvent(row: EventRow): FeedEvent {
+/** A row read with FEED_EVENT_COLUMNS as a feed event. */
+export function toFeedEvent(row: EventRow): FeedEvent {
   return {
     id: row.id,
     source: row.source,

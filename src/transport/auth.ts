@@ -6,6 +6,7 @@ import { errorToJson } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { IngestEventService } from "../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
+import { PrivacyService } from "../../gen/aurora/crm/v1/privacy_service_pb.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -21,25 +22,38 @@ export const UNAUTHENTICATED_SERVICES: readonly string[] = ["grpc.health.v1.Heal
 const isOpen = (path: string) =>
   UNAUTHENTICATED_PATHS.includes(path) || UNAUTHENTICATED_SERVICES.some((service) => path.startsWith(`/${service}/`));
 
-/** What a token may do: send messages (`ingest`), or read the event feed (`feed`), which carries personal data. */
-export type Scope = "ingest" | "feed";
+/**
+ * What a token may do: send messages (`ingest`), read the event feed
+ * (`feed`), which carries personal data, or answer data subjects' requests
+ * (`privacy`, a scope of its own: docs/privacy.md).
+ */
+export type Scope = "ingest" | "feed" | "privacy";
 
-/** Bearer tokens by scope; a token in both lists has both scopes. */
+/** Bearer tokens by scope; a token in several lists has each of their scopes. */
 export interface ApiTokens {
   ingest: readonly string[];
   feed: readonly string[];
+  privacy?: readonly string[];
 }
 
 /**
  * The scope a path needs: `feed` for IngestEventService, `ingest` for
- * IngestService and `/ingest/message`; undefined for what any valid token
- * may call (reflection, `/metrics`).
+ * IngestService and `/ingest/message`, `privacy` for PrivacyService;
+ * undefined for what any valid token may call (reflection, `/metrics`).
  */
 export function scopeOf(path: string): Scope | undefined {
   if (path.startsWith(`/${IngestEventService.typeName}/`)) return "feed";
+  if (path.startsWith(`/${PrivacyService.typeName}/`)) return "privacy";
   if (path === "/ingest/message" || path.startsWith(`/${IngestService.typeName}/`)) return "ingest";
   return undefined;
 }
+
+/** What a token without the scope was refused, in the answer's words. */
+const DENIED: Record<Scope, string> = {
+  ingest: "ingest messages",
+  feed: "read the event feed",
+  privacy: "call the privacy API",
+};
 
 /** The outcome of checking a request's token: allowed, no valid token, or a valid token without the scope. */
 export type TokenCheck = "allowed" | "unauthenticated" | "forbidden";
@@ -53,8 +67,8 @@ export type TokenCheck = "allowed" | "unauthenticated" | "forbidden";
 export function createTokenCheck(tokens: ApiTokens): (request: Request) => TokenCheck {
   const digest = (value: string) => createHash("sha256").update(value, "utf8").digest();
   const scopes = new Map<string, Set<Scope>>();
-  for (const scope of ["ingest", "feed"] as const) {
-    for (const token of tokens[scope]) scopes.set(token, (scopes.get(token) ?? new Set()).add(scope));
+  for (const scope of ["ingest", "feed", "privacy"] as const) {
+    for (const token of tokens[scope] ?? []) scopes.set(token, (scopes.get(token) ?? new Set()).add(scope));
   }
   const expected = [...scopes].map(([token, granted]) => ({ hash: digest(token), granted }));
   return (request) => {
@@ -81,7 +95,7 @@ export function rejectUnauthenticated(request: Request, response: Response, outc
   const path = request.url?.split("?")[0] ?? "";
   const error =
     outcome === "forbidden"
-      ? new ConnectError(`this token may not ${scopeOf(path) === "feed" ? "read the event feed" : "ingest messages"}`, Code.PermissionDenied)
+      ? new ConnectError(`this token may not ${DENIED[scopeOf(path) ?? "ingest"]}`, Code.PermissionDenied)
       : new ConnectError("missing or invalid bearer token", Code.Unauthenticated);
   const contentType = request.headers["content-type"] ?? "";
   // An HTTP/1.1 connection is closed rather than kept to drain a stranger's body.

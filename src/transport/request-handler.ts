@@ -17,7 +17,7 @@ import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
 import { createRequestObserver, observedRequest, REQUEST_ID_HEADER } from "../observability/request-observer.js";
 import { REFLECTION_SERVICES } from "../services/reflection-service.js";
-import { routes, SERVICES, type ServiceDependencies } from "../services/routes.js";
+import { routes, servedServices, type ServiceDependencies } from "../services/routes.js";
 import { createTokenCheck, rejectUnauthenticated } from "./auth.js";
 import { FeedHorizon, type HorizonStatus } from "../feed/horizon.js";
 import type { RelayStatus } from "../feed/relay/feed-relay.js";
@@ -69,7 +69,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const observer = createRequestObserver({
     logger: options.log,
     metrics: options.metrics,
-    services: [...SERVICES, ...REFLECTION_SERVICES],
+    services: [...servedServices(options), ...REFLECTION_SERVICES],
     httpRoutes: [...HTTP_PROBE_ROUTES, WHATSAPP_WEBHOOK_PATH],
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
@@ -79,8 +79,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   // Inside the observer and outside the error mapping, so spans see the code the client gets.
   if (options.tracing) interceptors.splice(1, 0, tracingInterceptor(options.tracing));
   if (options.requestTimeoutMs) interceptors.push(deadlineInterceptor(options.requestTimeoutMs));
-  const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [] };
-  const checkToken = tokens.ingest.length + tokens.feed.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;
+  const tokens = { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [], privacy: (options.privacyTokens ?? []).map((entry) => entry.token) };
+  const checkToken = tokens.ingest.length + tokens.feed.length + tokens.privacy.length > 0 ? createTokenCheck(tokens) : () => "allowed" as const;
   // The service implementations are built once and registered on both adapters.
   const ingestBatch = { ...options.ingestBatch, onBatch: (size: number) => options.metrics.ingestBatchSize.observe(size) };
   // One ingest command (one group-commit batcher) for the RPCs and the webhooks alike.
@@ -96,7 +96,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     bodyTimeoutMs: options.bodyTimeoutMs,
     note: (req, fields) => Object.assign(observedRequest(observer.contextValues(req))?.fields ?? {}, fields),
   });
-  const procedures = [...SERVICES, ...REFLECTION_SERVICES].flatMap((service) =>
+  const procedures = [...servedServices(options), ...REFLECTION_SERVICES].flatMap((service) =>
     service.methods.map((method) => `/${service.typeName}/${method.name}`),
   );
   const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...webhookRoutes.map((route) => `GET and POST ${route.path}`), ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];

@@ -30,7 +30,7 @@ export type TestServerOptions = {
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
-} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp">;
+} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "privacyTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -76,6 +76,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     limits: options.limits,
     apiTokens: options.apiTokens,
     feedApiTokens: options.feedApiTokens,
+    privacyTokens: options.privacyTokens,
     tls: options.tls,
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,

@@ -87,4 +87,20 @@ describe("configuration", () => {
     ]);
     expect(problems.join()).not.toContain("short-secret");
   });
+
+  it("reads PRIVACY_API_TOKENS with optional labels, only beside ingest tokens, never shared with another scope", () => {
+    const ingest = "ingest-token-0123456789";
+    expect(loadConfig({}).privacyTokens).toEqual([]);
+    expect(loadConfig({ INGEST_API_TOKENS: ingest, PRIVACY_API_TOKENS: "dpo:privacy-token-0123456789, privacy-token-abcdefghij" }).privacyTokens).toEqual([
+      { label: "dpo", token: "privacy-token-0123456789" },
+      { token: "privacy-token-abcdefghij" },
+    ]);
+    expect(configProblems({ PRIVACY_API_TOKENS: "privacy-token-0123456789" })).toEqual([expect.stringContaining("PRIVACY_API_TOKENS needs INGEST_API_TOKENS")]);
+    expect(configProblems({ INGEST_API_TOKENS: ingest, PRIVACY_API_TOKENS: `dpo:${ingest}` })).toEqual([
+      "privacy API token #1 is also an ingest or feed token: a privacy token may do nothing else",
+    ]);
+    expect(configProblems({ INGEST_API_TOKENS: ingest, PRIVACY_API_TOKENS: "a-very-long-label:short" })).toEqual([
+      "privacy API token #1 must be at least 16 characters after its label",
+    ]);
+  });
 });

@@ -23,7 +23,7 @@ export type IngestEventKind = (typeof INGEST_EVENT_KINDS)[number];
   indexes: [
     // A contact's timeline, a sender's history, and consumers reading new events in order.
     { name: "crm_ingest_events_contact_id_created_at_idx", fields: ["contact_id", "created_at"] },
-    { name: "crm_ingest_events_source_sender_id_idx", fields: ["source", "sender_id"] },
+    { name: "crm_ingest_events_source_sender_id_created_at_idx", fields: ["source", "sender_id", "created_at"] },
     { name: "crm_ingest_events_created_at_idx", fields: ["created_at"] },
     { name: "crm_ingest_events_status_idx", fields: ["status"] },
     // A retry with the same external_id stores nothing new.

@@ -200,7 +200,8 @@ export const IngestService: GenService<{
    * A request that carries an external_id already stored for its source is a
    * retry: nothing new is stored and the original ids come back with
    * duplicate set. If that earlier event has a different sender or content,
-   * the call fails with ALREADY_EXISTS naming the original event. A request
+   * the call fails with ALREADY_EXISTS, naming neither the earlier event nor
+   * the field that differs. A request
    * that breaks a rule below fails with INVALID_ARGUMENT, whose
    * buf.validate.Violations detail names the field and the rule, and stores
    * nothing.
