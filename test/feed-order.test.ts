@@ -74,6 +74,47 @@ describe(`commit order (${databaseKind})`, () => {
     },
   );
 
+  // A START_NOW watch on a process whose hub is idle (its earlier watches
+  // ended) used to take "now" from a read of the last deliverable event; a
+  // read delayed by anything (here a lock held by another connection; in the
+  // field, a statement queue or a slow scan while an older transaction held
+  // the horizon) placed "now" after events that committed once the stream
+  // was open, and the watch never delivered them.
+  it.skipIf(databaseKind === "embedded")(
+    "a START_NOW watch on an idle hub delivers every event that commits after it opened, however late its start is read",
+    async () => {
+      const client = feedClient(transport());
+      const holder = await connect();
+      try {
+        // An earlier watch from a resume token, ended: the hub is idle again.
+        const seed = await ingest("earlier-watch");
+        let listing: string[] = [];
+        while (!listing.includes(seed.eventId)) listing = await listAllIds(client);
+        const token = (await client.listIngestEvents({ pageSize: 1 })).resumeToken;
+        const earlier = openWatch(client, { resumeToken: token });
+        await waitFor(() => earlier.responses.length > 0);
+        earlier.cancel();
+        await earlier.ended;
+        await waitFor(() => fixture.server.feedHub.openWatches === 0);
+
+        await holder.query("BEGIN");
+        await holder.query("LOCK TABLE crm_ingest_events IN ACCESS EXCLUSIVE MODE");
+        const watch = openWatch(client, { start: Start.NOW });
+        await sleep(400); // the stream is open
+        const { rows } = await holder.query<{ id: string }>(
+          "INSERT INTO crm_ingest_events (source, sender_id, content) VALUES ('web', 'after-open', 'x') RETURNING id",
+        );
+        await holder.query("COMMIT");
+        const later = [(await ingest("after-open-2")).eventId, (await ingest("after-open-3")).eventId];
+        await waitFor(() => watch.ids().length >= 3, 10_000).catch(() => undefined);
+        expect(watch.ids()).toEqual([rows[0].id, ...later]);
+        watch.cancel();
+      } finally {
+        await holder.end();
+      }
+    },
+  );
+
   it("random concurrent writers, commit delays and rollbacks; readers resuming from random tokens all see the committed set once, in one order", async () => {
     const client = feedClient(transport());
     const start = await listAllIds(client);

@@ -93,18 +93,32 @@ export class FeedHub implements FeedNotifier {
   /**
    * Every event after `start` that matches `filters`, in commit order, each
    * with its position, and a checkpoint after every `checkpointIntervalMs`
-   * without one; until `signal` aborts (the iterator then just ends) or the
+   * without one (a "now" watch begins with one, at its start); until `signal` aborts (the iterator then just ends) or the
    * hub closes (FeedClosedError). Refuses with FeedWatchLimitError beyond
    * `maxWatches`.
    */
   async *watch(start: WatchStart, filters: FeedFilters, signal: AbortSignal): AsyncGenerator<FeedItem> {
     if (this.closed) throw new FeedClosedError();
     if (this.watches >= this.maxWatches) throw new FeedWatchLimitError(this.maxWatches);
+    // The slot is given back when the signal aborts, not only in `finally`:
+    // a stream cancelled while its consumer waits at `yield` may never be
+    // resumed, and its `finally` would then never run.
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      signal.removeEventListener("abort", release);
+      if (--this.watches === 0) this.stop();
+    };
     this.watches++;
+    signal.addEventListener("abort", release, { once: true });
     try {
       await this.start();
       let position = start === "now" ? this.tail! : start;
       let lastSent = Date.now();
+      // "Now" is fixed here: a first checkpoint tells the client from where,
+      // so it knows every event committed from then on will arrive.
+      if (start === "now") yield { position };
       while (!signal.aborted) {
         if (this.closed) throw new FeedClosedError();
         if (Date.now() - lastSent >= this.checkpointIntervalMs) {
@@ -139,7 +153,7 @@ export class FeedHub implements FeedNotifier {
         }
       }
     } finally {
-      if (--this.watches === 0) this.stop();
+      release();
     }
   }
 

@@ -116,7 +116,10 @@ function open(identity: FeedIdentity, token: string, kind: number, field: string
 function verified(identity: FeedIdentity, token: string, kind: number, field: string, length: number): Buffer {
   const name = kind === RESUME ? "resume token" : "page token";
   const bytes = /^[A-Za-z0-9_-]*$/.test(token) ? Buffer.from(token, "base64url") : Buffer.alloc(0);
-  if (bytes.length !== length + MAC_BYTES || bytes[0] !== kind) {
+  // One spelling per token: base64url leaves spare low bits in the last
+  // character, so several strings decode to the same bytes; only the one we
+  // issue (the bytes encoded again) is accepted.
+  if (bytes.length !== length + MAC_BYTES || bytes[0] !== kind || bytes.toString("base64url") !== token) {
     throw new InvalidFeedTokenError(field, `is not a ${name} of this service (malformed); use a token exactly as it was received`);
   }
   const content = bytes.subarray(0, length);

@@ -61,10 +61,17 @@ export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): 
   return { events, position: events.at(-1)?.position ?? after };
 }
 
-/** The position of the last deliverable event (FEED_START when there is none): where "from now" starts. */
+/**
+ * Where "from now" starts: just before the oldest transaction still running
+ * (the horizon), so every deliverable event comes before it and every event
+ * of a transaction that commits later comes after it. It reads no table, so
+ * no lock, long scan or queue of statements can move it past events that
+ * commit after the stream asked for it (it used to read the last deliverable
+ * event, and a slow read skipped what committed meanwhile).
+ */
 export async function currentFeedPosition(sequelize: Sequelize): Promise<FeedPosition> {
-  const [row] = await select<{ position_xid: string; position_seq: string }>(sequelize, LAST_POSITION, []);
-  return row ? { xid: BigInt(row.position_xid), seq: BigInt(row.position_seq) } : FEED_START;
+  const [row] = await select<{ horizon: string }>(sequelize, HORIZON, []);
+  return { xid: BigInt(row.horizon), seq: 0n };
 }
 
 /** One stored event by id, deliverable yet or not; undefined when there is none. */
@@ -91,11 +98,8 @@ export const READ_FEED = `
     ORDER BY feed_xid, feed_seq
     LIMIT $3`;
 
-const LAST_POSITION = `
-    SELECT feed_xid::text AS position_xid, feed_seq::text AS position_seq FROM crm_ingest_events
-    WHERE feed_xid < ${FEED_HORIZON}
-    ORDER BY feed_xid DESC, feed_seq DESC
-    LIMIT 1`;
+// The same horizon as READ_FEED's, read without touching the table.
+const HORIZON = `SELECT (${FEED_HORIZON})::text AS horizon`;
 
 const FIND_EVENT = `SELECT ${FEED_EVENT_COLUMNS} FROM crm_ingest_events WHERE id = $1::uuid`;
 

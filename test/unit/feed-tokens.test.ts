@@ -37,6 +37,22 @@ describe("resume and page tokens", () => {
     expect(refusal(() => decodePageToken(identity, encodeResumeToken(identity, position), {}))).toMatch(/^page_token: .*malformed/);
   });
 
+  it("have one spelling: another string for the same bytes (spare bits of the last character) is refused", () => {
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const twinsOf = (token: string) =>
+      [...alphabet]
+        .map((last) => token.slice(0, -1) + last)
+        .filter((spelling) => spelling !== token && Buffer.from(spelling, "base64url").equals(Buffer.from(token, "base64url")));
+    const resume = encodeResumeToken(identity, position);
+    const page = encodePageToken(identity, position, {});
+    expect(twinsOf(resume).length).toBeGreaterThan(0);
+    expect(twinsOf(page).length).toBeGreaterThan(0);
+    for (const twin of twinsOf(resume)) expect(refusal(() => decodeResumeToken(identity, twin))).toMatch(/malformed/);
+    for (const twin of twinsOf(page)) expect(refusal(() => decodePageToken(identity, twin, {}))).toMatch(/malformed/);
+    expect(decodeResumeToken(identity, resume)).toEqual(position);
+    expect(decodePageToken(identity, page, {})).toEqual(position);
+  });
+
   it("refuse a token whose position was changed or whose signature was forged", () => {
     const bytes = Buffer.from(encodeResumeToken(identity, position), "base64url");
     const changed = Buffer.from(bytes);
