@@ -63,17 +63,32 @@ export function errorInterceptor(logger: Logger): Interceptor {
     try {
       const response = await next(request);
       if (!response.stream) return response;
-      return { ...response, message: mapStreamErrors(response.message, log) };
+      return { ...response, message: mapStreamErrors(response.message, log, request.signal) };
     } catch (error) {
       throw toConnectError(error, log);
     }
   };
 }
 
-async function* mapStreamErrors<T>(messages: AsyncIterable<T>, log: Logger): AsyncIterable<T> {
+async function* mapStreamErrors<T>(messages: AsyncIterable<T>, log: Logger, signal: AbortSignal): AsyncIterable<T> {
   try {
     yield* messages;
   } catch (error) {
+    // A client that cancels or drops its stream while we write to it is not
+    // a fault of ours: the write fails (ERR_STREAM_DESTROYED) and nobody is
+    // left to answer.
+    if (signal.aborted || isStreamGone(error)) {
+      log.info({ err: error }, "stream cancelled by the client");
+      throw new ConnectError("the stream was cancelled", Code.Canceled);
+    }
     throw toConnectError(error, log);
   }
+}
+
+const STREAM_GONE = new Set(["ERR_STREAM_DESTROYED", "ERR_STREAM_PREMATURE_CLOSE", "ERR_STREAM_WRITE_AFTER_END", "ERR_HTTP2_INVALID_STREAM", "ERR_HTTP2_STREAM_CANCEL"]);
+
+/** Whether an error says the response stream was already closed or reset by the other side. */
+function isStreamGone(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && STREAM_GONE.has(code);
 }
