@@ -78,6 +78,8 @@ async function main(config: Config, log: Logger): Promise<void> {
     corsAllowedOrigins: config.corsAllowedOrigins,
     tracing,
     whatsapp: config.whatsapp,
+    evolution: config.evolution,
+    email: config.email,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.

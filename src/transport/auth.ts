@@ -38,13 +38,13 @@ export interface ApiTokens {
 
 /**
  * The scope a path needs: `feed` for IngestEventService, `ingest` for
- * IngestService and `/ingest/message`, `privacy` for PrivacyService;
+ * IngestService, `/ingest/message` and `/ingest/email`, `privacy` for PrivacyService;
  * undefined for what any valid token may call (reflection, `/metrics`).
  */
 export function scopeOf(path: string): Scope | undefined {
   if (path.startsWith(`/${IngestEventService.typeName}/`)) return "feed";
   if (path.startsWith(`/${PrivacyService.typeName}/`)) return "privacy";
-  if (path === "/ingest/message" || path.startsWith(`/${IngestService.typeName}/`)) return "ingest";
+  if (path === "/ingest/message" || path === "/ingest/email" || path.startsWith(`/${IngestService.typeName}/`)) return "ingest";
   return undefined;
 }
 

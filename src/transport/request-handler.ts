@@ -5,7 +5,9 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import corsMiddleware from "cors";
 import { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import { defaultInputLimits, type InputLimits, type WhatsappWebhookConfig } from "../config.js";
+import { defaultInputLimits, type EmailConfig, type EvolutionWebhookConfig, type InputLimits, type WhatsappWebhookConfig } from "../config.js";
+import { createMailgunRoute, createMtaRoute, MAILGUN_MIME_PATH, MTA_EMAIL_PATH } from "../channels/email/email-routes.js";
+import { createEvolutionWebhook, EVOLUTION_WEBHOOK_PATH } from "../channels/evolution/evolution-webhook.js";
 import { createWebhookHandler, type WebhookRoute } from "../channels/webhook-route.js";
 import { createWhatsappWebhook, WHATSAPP_WEBHOOK_PATH } from "../channels/whatsapp/cloud-api-webhook.js";
 import { createIngestMessage } from "../ingest/ingest-message.js";
@@ -54,6 +56,10 @@ export interface RequestHandlerOptions extends ServiceDependencies {
   feedHorizon?: { status(): Promise<HorizonStatus> };
   /** Meta's WhatsApp webhook, served at /webhooks/whatsapp when configured. */
   whatsapp?: WhatsappWebhookConfig;
+  /** Evolution API's webhook, served under /webhooks/evolution/ when its JWT keys are configured. */
+  evolution?: EvolutionWebhookConfig;
+  /** Inbound e-mail: /ingest/email for our MTA (ingest scope), and Mailgun's route when its signing keys are configured. */
+  email?: EmailConfig;
 }
 
 /**
@@ -70,7 +76,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     logger: options.log,
     metrics: options.metrics,
     services: [...servedServices(options), ...REFLECTION_SERVICES],
-    httpRoutes: [...HTTP_PROBE_ROUTES, WHATSAPP_WEBHOOK_PATH],
+    httpRoutes: [...HTTP_PROBE_ROUTES, WHATSAPP_WEBHOOK_PATH, MAILGUN_MIME_PATH, MTA_EMAIL_PATH],
     quiet: [...HTTP_PROBE_ROUTES, ...Health.methods.map((method) => `/${Health.typeName}/${method.name}`)],
   });
   const probes = createHttpProbes(options.health, options.metrics, options.relay, options.feedHorizon ?? new FeedHorizon(options.sequelize));
@@ -86,20 +92,32 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   // One ingest command (one group-commit batcher) for the RPCs and the webhooks alike.
   const ingestMessage = createIngestMessage({ ...options, ingestBatch, feedNotifier: options.feedHub });
   const registerRoutes = routes({ ...options, ingestBatch, ingestMessage });
-  // Providers' webhooks, each served only once its secrets are configured.
+  // Providers' webhooks carry their own proof and are each served only once it is configured;
+  // the MTA's door is ours and takes an ingest token like /ingest/message.
+  const email = options.email ?? { maxBytes: 10 * 1024 * 1024, mailgunSigningKeys: [] };
   const webhookRoutes: WebhookRoute[] = [];
   if (options.whatsapp) webhookRoutes.push(createWhatsappWebhook(options.whatsapp, { ...options, limits }));
-  const webhooks = createWebhookHandler(webhookRoutes, {
+  if (options.evolution) webhookRoutes.push(createEvolutionWebhook(options.evolution));
+  if (email.mailgunSigningKeys.length > 0) webhookRoutes.push(createMailgunRoute(email, { sequelize: options.sequelize, contentMaxBytes: limits.contentMaxBytes }));
+  const webhookOptions = {
     log: options.log,
     metrics: options.metrics,
     ingest: ingestMessage,
     bodyTimeoutMs: options.bodyTimeoutMs,
-    note: (req, fields) => Object.assign(observedRequest(observer.contextValues(req))?.fields ?? {}, fields),
-  });
+    note: (req: Request, fields: Record<string, unknown>) => Object.assign(observedRequest(observer.contextValues(req))?.fields ?? {}, fields),
+  };
+  const webhooks = createWebhookHandler(webhookRoutes, webhookOptions);
+  const tokenWebhooks = createWebhookHandler([createMtaRoute(email, { contentMaxBytes: limits.contentMaxBytes })], webhookOptions);
   const procedures = [...servedServices(options), ...REFLECTION_SERVICES].flatMap((service) =>
     service.methods.map((method) => `/${service.typeName}/${method.name}`),
   );
-  const servedPaths = [`POST ${PLAIN_INGEST_PATH}`, ...webhookRoutes.map((route) => `GET and POST ${route.path}`), ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`), `the RPCs ${procedures.join(", ")}`];
+  const servedPaths = [
+    `POST ${PLAIN_INGEST_PATH}`,
+    `POST ${MTA_EMAIL_PATH}`,
+    ...webhookRoutes.map((route) => (route.path === EVOLUTION_WEBHOOK_PATH ? `POST ${route.path}<instance>` : `${route.path === WHATSAPP_WEBHOOK_PATH ? "GET and " : ""}POST ${route.path}`)),
+    ...HTTP_PROBE_ROUTES.map((route) => `GET ${route}`),
+    `the RPCs ${procedures.join(", ")}`,
+  ];
   const adapterOptions = {
     acceptCompression: acceptedCompressions,
     interceptors,
@@ -142,11 +160,12 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     : undefined;
 
   const serve = (req: Request, res: Response) => {
-    // Providers prove themselves with their own signature, never with our bearer tokens.
+    // Providers prove themselves with their own signature or JWT, never with our bearer tokens.
     if (webhooks(req, res)) return;
     const access = checkToken(req);
     if (access !== "allowed") return rejectUnauthenticated(req, res, access);
     if (probes(req, res)) return;
+    if (tokenWebhooks(req, res)) return;
     if (req.url?.split("?")[0] === PLAIN_INGEST_PATH) {
       req.url = INGEST_MESSAGE_PATH;
       plainJsonHandler(req, res);

@@ -30,7 +30,7 @@ export type TestServerOptions = {
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
-} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "privacyTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp">;
+} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "privacyTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp" | "evolution" | "email">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -84,6 +84,8 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     tracing: options.tracing,
     ingestBatch: options.ingestBatch,
     whatsapp: options.whatsapp,
+    evolution: options.evolution,
+    email: options.email,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
