@@ -82,6 +82,14 @@ describe("reading an e-mail", () => {
     expect(item.metadata.content_truncated).toBe(true);
   });
 
+  it("keeps at most 50 recipients and references (the thread's root and its latest), so metadata stays small", async () => {
+    const to = Array.from({ length: 120 }, (_, i) => `r${i}@example.com`).join(", ");
+    const references = Array.from({ length: 80 }, (_, i) => `<m${i}@x>`).join(" ");
+    const item = await readEmail(new TextEncoder().encode(`From: a@example.com\r\nTo: ${to}\r\nReferences: ${references}\r\n\r\nhi\r\n`), { via: "mta" });
+    expect(item.metadata.to).toHaveLength(50);
+    expect(item.metadata.references).toEqual(["<m0@x>", ...Array.from({ length: 49 }, (_, i) => `<m${i + 31}@x>`)]);
+  });
+
   it("keeps the whole text of a message that is nothing but a quote", () => {
     expect(replyOf("> só a citação\n> mais nada")).toBe("> só a citação\n> mais nada");
   });

@@ -88,7 +88,8 @@ export async function readEmail(raw: Uint8Array, envelope: EmailEnvelope, limits
     date: email.date,
     message_id: messageId,
     in_reply_to: email.inReplyTo?.trim(),
-    references: email.references?.trim().split(/\s+/).filter(Boolean),
+    // The thread's root and its last messages are what threading needs; a long chain keeps those.
+    references: lastOf(email.references?.trim().split(/\s+/).filter(Boolean), MAX_LIST),
     mail_from: envelope.mailFrom,
     recipient: envelope.recipient,
     authentication: authentication(email.headers),
@@ -177,10 +178,19 @@ function isAutoReply(headers: Header[]): boolean | undefined {
   return automatic || undefined;
 }
 
+/** Longest list of addresses or references kept, so a message to thousands of recipients stays within the metadata limit. */
+const MAX_LIST = 50;
+
 function addresses(list: Address[] | undefined): string[] | undefined {
   const flat = (list ?? []).flatMap((address) => ("group" in address && address.group ? address.group : [address]));
   const found = flat.map((address) => ("address" in address ? address.address : "")).filter((address) => address !== "");
-  return found.length ? found : undefined;
+  return found.length ? found.slice(0, MAX_LIST) : undefined;
+}
+
+/** The first item and the last `max - 1`, when a list is longer than `max`. */
+function lastOf(list: string[] | undefined, max: number): string[] | undefined {
+  if (!list?.length) return undefined;
+  return list.length <= max ? list : [list[0], ...list.slice(-(max - 1))];
 }
 
 /** Cuts text to at most `maxBytes` of UTF-8, never inside a character. */
