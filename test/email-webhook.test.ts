@@ -151,6 +151,14 @@ describe(`inbound e-mail (${databaseKind})`, () => {
     expect(event).toMatchObject({ status: IngestEventStatus.ERROR, error: "the message has no From address" });
   });
 
+  it("stores a message that breaks a storage rule (a NUL character) as an ERROR event that says so", async () => {
+    const nul = Buffer.from("From: a@example.com\r\nMessage-ID: <nul-1@x>\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nantes=00depois\r\n");
+    expect((await mta(nul)).status).toBe(200);
+    const event = (await feed()).find((e) => e.externalId === "nul-1@x");
+    expect(event).toMatchObject({ status: IngestEventStatus.ERROR, content: "[over our limits]", senderId: "a@example.com" });
+    expect(event?.error).toMatch(/^not stored as sent: content /);
+  });
+
   it("needs an ingest token, message/rfc822, and a body within EMAIL_MAX_BYTES on the MTA's door", async () => {
     expect((await mta(fixture("latin1-8bit.eml"), null)).status).toBe(401);
     expect((await mta(fixture("latin1-8bit.eml"), FEED_TOKEN)).status).toBe(403);

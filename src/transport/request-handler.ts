@@ -97,8 +97,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const email = options.email ?? { maxBytes: 10 * 1024 * 1024, mailgunSigningKeys: [] };
   const webhookRoutes: WebhookRoute[] = [];
   if (options.whatsapp) webhookRoutes.push(createWhatsappWebhook(options.whatsapp, { ...options, limits }));
-  if (options.evolution) webhookRoutes.push(createEvolutionWebhook(options.evolution));
-  if (email.mailgunSigningKeys.length > 0) webhookRoutes.push(createMailgunRoute(email, { sequelize: options.sequelize, contentMaxBytes: limits.contentMaxBytes }));
+  if (options.evolution) webhookRoutes.push(createEvolutionWebhook(options.evolution, { limits }));
+  if (email.mailgunSigningKeys.length > 0) webhookRoutes.push(createMailgunRoute(email, { sequelize: options.sequelize, limits }));
   const webhookOptions = {
     log: options.log,
     metrics: options.metrics,
@@ -107,7 +107,7 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
     note: (req: Request, fields: Record<string, unknown>) => Object.assign(observedRequest(observer.contextValues(req))?.fields ?? {}, fields),
   };
   const webhooks = createWebhookHandler(webhookRoutes, webhookOptions);
-  const tokenWebhooks = createWebhookHandler([createMtaRoute(email, { contentMaxBytes: limits.contentMaxBytes })], webhookOptions);
+  const tokenWebhooks = createWebhookHandler([createMtaRoute(email, { limits })], webhookOptions);
   const procedures = [...servedServices(options), ...REFLECTION_SERVICES].flatMap((service) =>
     service.methods.map((method) => `/${service.typeName}/${method.name}`),
   );

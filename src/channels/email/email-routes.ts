@@ -1,5 +1,7 @@
 import type { Sequelize } from "sequelize-typescript";
-import type { EmailConfig } from "../../config.js";
+import type { EmailConfig, InputLimits } from "../../config.js";
+import type { IngestMessageInput } from "../../ingest/ingest-message.js";
+import { withinEventLimits } from "../event-limits.js";
 import { accepted, refused, type WebhookRoute } from "../webhook-route.js";
 import { checkMailgunSignature, MAILGUN_WINDOW_S, readMailgunForm, type MailgunPost } from "./mailgun.js";
 import { defaultEmailLimits, EMAIL_SOURCE, readEmail, type EmailItem, type EmailLimits } from "./read-email.js";
@@ -10,15 +12,20 @@ export const MAILGUN_MIME_PATH = "/webhooks/email/mailgun/mime";
 /** Our own MTA posts each message here as `message/rfc822`, with an ingest bearer token. */
 export const MTA_EMAIL_PATH = "/ingest/email";
 
-/** What both doors need besides their settings: the database (for Mailgun's tokens) and the content limit of every event. */
+/** What both doors need besides their settings: the database (for Mailgun's tokens) and the limits on every event. */
 export interface EmailRouteDependencies {
   sequelize: Sequelize;
-  contentMaxBytes: number;
+  limits: InputLimits;
 }
 
 /** The reading limits: the configured message size and content limit, the parser's own bounds. */
-function emailLimits(config: EmailConfig, contentMaxBytes: number): EmailLimits {
-  return { ...defaultEmailLimits, maxBytes: config.maxBytes, contentMaxBytes };
+function emailLimits(config: EmailConfig, limits: InputLimits): EmailLimits {
+  return { ...defaultEmailLimits, maxBytes: config.maxBytes, contentMaxBytes: limits.contentMaxBytes };
+}
+
+/** A message within the limits on every event, or an ERROR event that keeps what identifies it. */
+function checked(item: EmailItem, limits: InputLimits): IngestMessageInput {
+  return withinEventLimits(item, limits, { via: item.metadata.via, message_id: item.metadata.message_id, size: item.metadata.size });
 }
 
 /**
@@ -31,7 +38,7 @@ function emailLimits(config: EmailConfig, contentMaxBytes: number): EmailLimits 
  */
 export function createMailgunRoute(config: EmailConfig, dependencies: EmailRouteDependencies): WebhookRoute {
   const tokens = createReplayTokens(dependencies.sequelize, "mailgun");
-  const limits = emailLimits(config, dependencies.contentMaxBytes);
+  const limits = emailLimits(config, dependencies.limits);
   return {
     channel: "email",
     path: MAILGUN_MIME_PATH,
@@ -51,7 +58,7 @@ export function createMailgunRoute(config: EmailConfig, dependencies: EmailRoute
         const envelope = { via: "mailgun" as const, mailFrom: post.sender, recipient: post.recipient };
         const item = post.bodyMime ? await readEmail(post.bodyMime, envelope, limits) : tooLarge(post, limits);
         if (item.unusable) request.note({ unusable: true });
-        return accepted(await request.ingest([item]));
+        return accepted(await request.ingest([checked(item, dependencies.limits)]));
       } catch (error) {
         await tokens.release(post.token).catch(() => undefined);
         throw error;
@@ -67,8 +74,8 @@ export function createMailgunRoute(config: EmailConfig, dependencies: EmailRoute
  * `mail_from` and `recipient`. A message over the size limit is refused 413
  * before it is read, so the MTA bounces it rather than losing it.
  */
-export function createMtaRoute(config: EmailConfig, dependencies: Pick<EmailRouteDependencies, "contentMaxBytes">): WebhookRoute {
-  const limits = emailLimits(config, dependencies.contentMaxBytes);
+export function createMtaRoute(config: EmailConfig, dependencies: Pick<EmailRouteDependencies, "limits">): WebhookRoute {
+  const limits = emailLimits(config, dependencies.limits);
   return {
     channel: "email",
     path: MTA_EMAIL_PATH,
@@ -84,7 +91,7 @@ export function createMtaRoute(config: EmailConfig, dependencies: Pick<EmailRout
         limits,
       );
       if (item.unusable) request.note({ unusable: true });
-      return accepted(await request.ingest([item]));
+      return accepted(await request.ingest([checked(item, dependencies.limits)]));
     },
   };
 }

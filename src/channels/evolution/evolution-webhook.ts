@@ -1,4 +1,5 @@
-import type { EvolutionWebhookConfig } from "../../config.js";
+import type { EvolutionWebhookConfig, InputLimits } from "../../config.js";
+import { withinEventLimits } from "../event-limits.js";
 import { accepted, refused, type WebhookRoute } from "../webhook-route.js";
 import { readEvolutionDelivery } from "./evolution-delivery.js";
 import { createEvolutionJwtCheck } from "./evolution-jwt.js";
@@ -13,7 +14,7 @@ export const EVOLUTION_WEBHOOK_PATH = "/webhooks/evolution/";
  * answered 200. Refusals use statuses Evolution does not retry (401, 403,
  * 400, 404): retrying could never make them pass.
  */
-export function createEvolutionWebhook(config: EvolutionWebhookConfig): WebhookRoute {
+export function createEvolutionWebhook(config: EvolutionWebhookConfig, dependencies: { limits: InputLimits }): WebhookRoute {
   const checkJwt = createEvolutionJwtCheck(config.jwtKeys);
   return {
     channel: "evolution",
@@ -36,7 +37,10 @@ export function createEvolutionWebhook(config: EvolutionWebhookConfig): WebhookR
       request.note({ instance: delivery.instance, event: delivery.event, items: delivery.items.length });
       for (const skip of delivery.skipped) request.ignored(skip === "other_event" ? `event:${eventName(delivery.event)}` : skip);
       if (delivery.items.length === 0) return accepted({ stored: 0, duplicates: 0, errors: 0 });
-      return accepted(await request.ingest(delivery.items));
+      const inputs = delivery.items.map((item) =>
+        withinEventLimits(item, dependencies.limits, { gateway: "evolution", instance: delivery.instance, message_id: item.metadata.message_id, type: item.metadata.type }),
+      );
+      return accepted(await request.ingest(inputs));
     },
   };
 }
