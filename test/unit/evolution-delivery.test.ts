@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { readEvolutionDelivery } from "../src/channels/evolution/evolution-delivery.js";
-import { createEvolutionJwtCheck } from "../src/channels/evolution/evolution-jwt.js";
-import { envelope, EVOLUTION_KEY, evolutionJwt, groupMessage, imageMessage, INSTANCE, lidMessage, ownMessage, statusUpdate, storyMessage, textMessage } from "./fixtures/evolution.js";
+import { readEvolutionDelivery } from "../../src/channels/evolution/evolution-delivery.js";
+import { createEvolutionJwtCheck } from "../../src/channels/evolution/evolution-jwt.js";
+import { envelope, EVOLUTION_KEY, evolutionJwt, groupMessage, imageMessage, INSTANCE, lidMessage, ownMessage, statusUpdate, storyMessage, textMessage } from "../fixtures/evolution.js";
 
 
 
