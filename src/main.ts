@@ -16,6 +16,8 @@ import { FeedHub } from "./feed/feed-hub.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
 import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
+import { routeTable } from "./routes.js";
+import { OpenStreams } from "./services/stream-limits.js";
 import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 import { readHorizonStatus } from "./feed/horizon.js";
@@ -59,27 +61,39 @@ async function main(config: Config, log: Logger): Promise<void> {
   const relay = config.relay
     ? createFeedRelay(config.relay, { sequelize: database.sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry })
     : undefined;
-  const server = buildServer({
+  const streams = new OpenStreams(config.serverLimits.maxOpenWatches);
+  const routes = routeTable({
     relay,
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
     health,
+    metrics,
+    streams,
+    feedHub,
+    ingestBatch: config.ingestBatch,
+    tracing,
+    log,
+    limits: config.limits,
+    bodyTimeoutMs: config.serverLimits.requestBodyTimeoutMs,
+    whatsapp: config.whatsapp,
+    evolution: config.evolution,
+    email: config.email,
+    privacyTokens: config.privacyTokens,
+  });
+  const server = buildServer({
+    routes,
+    health,
+    streams,
     feedHub,
     log,
     metrics,
     limits: config.limits,
-    apiTokens: config.apiTokens,
-    feedApiTokens: config.feedApiTokens,
-    privacyTokens: config.privacyTokens,
+    tokens: { ingest: config.apiTokens, feed: config.feedApiTokens, privacy: config.privacyTokens.map((entry) => entry.token) },
     tls: config.tls,
     requestTimeoutMs: config.databaseTimeoutMs,
     serverLimits: config.serverLimits,
-    ingestBatch: config.ingestBatch,
     corsAllowedOrigins: config.corsAllowedOrigins,
     tracing,
-    whatsapp: config.whatsapp,
-    evolution: config.evolution,
-    email: config.email,
   });
   const address = await server.listen(config.port, config.host);
   // With WORKERS=N the primary says where the service listens, once all workers do.

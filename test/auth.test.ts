@@ -1,6 +1,7 @@
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
@@ -8,6 +9,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import type { PlainRoute } from "../src/transport/route-table.js";
 import { databaseKind } from "./support/database.js";
 import { configProblems } from "./support/config.js";
 import { startService } from "./support/process.js";
@@ -19,7 +21,24 @@ const token = randomBytes(24).toString("base64url");
 const rotatedToken = randomBytes(24).toString("base64url");
 const message = { source: "web", sender_id: "visitor-1", content: "hello", metadata: {} };
 
-const fixture = useTestServer({ apiTokens: [token, rotatedToken] });
+const hookSecret = "a-provider-signing-secret";
+const signature = (body: Buffer | string) => createHmac("sha256", hookSecret).update(body).digest("hex");
+/** A route that proves its caller itself, as a provider's webhook does: an HMAC over the raw body, no bearer token. */
+const providerHook: PlainRoute = {
+  kind: "plain",
+  methods: ["POST"],
+  path: "/test-hooks/:account",
+  access: "provider",
+  maxBodyBytes: 1024,
+  handle(request, rawBody) {
+    const sent = Buffer.from(String(request.headers["x-signature"] ?? ""));
+    const expected = Buffer.from(signature(rawBody));
+    if (sent.length !== expected.length || !timingSafeEqual(sent, expected)) return { status: 401 };
+    return { status: 200, headers: { "content-type": "application/json" }, body: JSON.stringify({ account: request.params.account, bytes: rawBody.length }) };
+  },
+};
+
+const fixture = useTestServer({ apiTokens: [token, rotatedToken], extraRoutes: [providerHook] });
 
 const countEvents = () => countEventsIn(fixture.database);
 
@@ -77,6 +96,35 @@ describe(`bearer tokens (${databaseKind})`, () => {
     expect(status).toBe(401);
   });
 
+  it("lets an HTTP/1.1 client that goes on sending its body after the 401 finish it and reuse the connection (no `write EPIPE`)", async () => {
+    const url = new URL(fixture.server.baseUrl);
+    const piece = "x".repeat(16 * 1024);
+    const socket = net.connect(Number(url.port), url.hostname);
+    const errors: string[] = [];
+    socket.on("error", (error: NodeJS.ErrnoException) => errors.push(error.code ?? error.message));
+    let received = "";
+    socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")));
+    const closed = new Promise((resolve) => socket.once("close", resolve));
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write(
+      "POST /ingest/message HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" +
+        `authorization: Bearer wrong-token-of-some-length\r\ncontent-length: ${piece.length * 8}\r\n\r\n${piece}`,
+    );
+    // The answer comes before the body is read: a client streaming its body is still sending it.
+    await waitFor(() => received.includes("\r\n\r\n"));
+    expect(received).toMatch(/^HTTP\/1\.1 401 /);
+    for (let sent = 1; sent < 8; sent++) {
+      await new Promise<void>((resolve) => socket.write(piece, () => resolve()));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // The connection is still usable: the next request on it is answered too.
+    received = "";
+    socket.write("GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    await closed;
+    expect(errors).toEqual([]);
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
   const transports: Record<string, (baseUrl: string, headers: Record<string, string>) => Transport> = {
     "gRPC": (baseUrl, headers) => createGrpcTransport({ baseUrl, interceptors: [withHeaders(headers)] }),
     "gRPC-Web": (baseUrl, headers) => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors: [withHeaders(headers)] }),
@@ -108,6 +156,26 @@ describe(`bearer tokens (${databaseKind})`, () => {
     expect((await fetch(`${fixture.server.baseUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
     const reflection = await post(undefined, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
     expect(reflection.status).toBe(401);
+  });
+
+  it("lets a route with its own proof through without a bearer token, with its raw body, its path parameter and its own size limit", async () => {
+    const hook = (body: string, headers: Record<string, string>, method = "POST") =>
+      fetch(`${fixture.server.baseUrl}/test-hooks/acme%20br`, { method, headers, body: method === "GET" ? undefined : body });
+    // Bytes a JSON round trip would change: the route must verify what was sent.
+    const body = '{"text":"ol\\u00e1 @ voc\u00ea"}';
+    const signed = await hook(body, { "x-signature": signature(body) });
+    expect(signed.status).toBe(200);
+    expect(await signed.json()).toEqual({ account: "acme br", bytes: Buffer.byteLength(body) });
+    expect((await hook(body, { "x-signature": signature(`${body} `) })).status).toBe(401);
+
+    const tooLarge = await hook("x".repeat(2048), { "x-signature": signature("x".repeat(2048)) });
+    expect(tooLarge.status).toBe(413);
+    expect(await tooLarge.json()).toMatchObject({ code: "resource_exhausted" });
+    const get = await hook("", {}, "GET");
+    expect(get.status).toBe(405);
+    expect(get.headers.get("allow")).toBe("POST");
+    // Anything else under the prefix is an unknown path, which needs a token.
+    expect((await post(undefined, "/test-hooks/acme/more")).status).toBe(401);
   });
 
   it("counts and logs a refused gRPC call as unauthenticated", async () => {

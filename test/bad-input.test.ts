@@ -9,7 +9,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IngestMessageRequestSchema, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
-import { grpcPercentEncode } from "../src/transport/error-answers.js";
+import { grpcPercentEncode } from "../src/transport/early-answers.js";
 import { databaseKind } from "./support/database.js";
 import { postJson, useTestServer } from "./support/server.js";
 

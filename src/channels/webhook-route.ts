@@ -196,16 +196,19 @@ export interface WebhookHandlerOptions {
  * no route serves; otherwise reads the body within the route's limit, runs
  * the route, writes its answer, counts it, and returns true.
  */
-export function createWebhookHandler(routes: readonly WebhookRoute[], options: WebhookHandlerOptions): (req: Request, res: Response) => boolean {
+export function createWebhookHandler(
+  routes: readonly WebhookRoute[],
+  options: WebhookHandlerOptions,
+): (req: Request, res: Response, note?: (fields: Record<string, unknown>) => void) => boolean {
   const counters = webhookMetrics(options.metrics.registry);
   const find = (path: string) => routes.find((route) => (route.path.endsWith("/") ? path.startsWith(route.path) : path === route.path));
-  return (req, res) => {
+  return (req, res, noteFields) => {
     const url = req.url ?? "/";
     const queryAt = url.indexOf("?");
     const path = queryAt < 0 ? url : url.slice(0, queryAt);
     const route = find(path);
     if (!route) return false;
-    const note = (fields: Record<string, unknown>) => options.note?.(req, fields);
+    const note = (fields: Record<string, unknown>) => (noteFields ? noteFields(fields) : options.note?.(req, fields));
     note({ channel: route.channel });
     const aborted = new AbortController();
     res.once("close", () => {

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
-import { isMessage, type DescService } from "@bufbuild/protobuf";
+import { isMessage } from "@bufbuild/protobuf";
 import { ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
@@ -42,12 +42,12 @@ const SERVER_FAULTS = new Set(["unknown", "internal", "unavailable", "data_loss"
 export interface RequestObserverOptions {
   logger: Logger;
   metrics: Metrics;
-  /** Services on the Connect router, so requests they reject before any handler runs still get their procedure. */
-  services: DescService[];
-  /** Plain HTTP routes, counted under their path; any other path counts as `unmatched`. */
-  httpRoutes: string[];
+  /** The route a path belongs to, as logs and metrics name it (a procedure, a plain route's declared path); undefined: `unmatched`. */
+  labelOf(path: string): string | undefined;
+  /** Every RPC procedure, so requests Connect rejects before any handler runs still get their procedure. */
+  procedures: ReadonlySet<string>;
   /** Procedures and routes that probes and scrapers call all day: logged at debug, not info. */
-  quiet: string[];
+  quiet: ReadonlySet<string>;
 }
 
 /** Watches every request: gives it an id, and when its response ends writes one log line and updates the metrics. */
@@ -56,6 +56,8 @@ export interface RequestObserver {
   begin(req: Request, res: Response): void;
   /** Context values for Connect handlers: the request's record and logger. */
   contextValues(req: Request): ContextValues;
+  /** The request's logger (bound to its id), for handlers outside Connect. */
+  logOf(req: Request): Logger;
   /** Records the procedure, the outcome and the ingest result; goes outermost. */
   interceptor: Interceptor;
 }
@@ -67,9 +69,7 @@ export interface RequestObserver {
  */
 export function createRequestObserver(options: RequestObserverOptions): RequestObserver {
   const { logger, metrics } = options;
-  const procedures = new Set(options.services.flatMap((service) => service.methods.map((m) => `/${service.typeName}/${m.name}`)));
-  const httpRoutes = new Set(options.httpRoutes);
-  const quiet = new Set(options.quiet);
+  const { procedures, quiet } = options;
   const records = new WeakMap<Request, RequestRecord>();
   // prom-client hashes a label set on every call; each set's child is looked up once.
   const countRequest = cachedByLabels((labels: { procedure: string; protocol: string; code: string }) => metrics.requests.labels(labels));
@@ -103,7 +103,8 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         const code = procedure
           ? (record.code ?? grpcStatusHeader(res) ?? (res.writableFinished ? codeFromHttpStatus(res.statusCode) : "canceled"))
           : String(res.statusCode);
-        const label = procedure ?? (httpRoutes.has(path) ? path : "unmatched");
+        const route = procedure ? undefined : options.labelOf(path);
+        const label = procedure ?? route ?? "unmatched";
         countRequest({ procedure: label, protocol, code }, `${label} ${protocol} ${code}`).inc();
         timeRequest({ procedure: label, protocol }, `${label} ${protocol}`).observe(seconds);
 
@@ -111,7 +112,7 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         const refused = code === "unauthenticated" || res.statusCode === 401;
         const level = quiet.has(label) || refused ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
         const method = bounded(req.method ?? "", 16);
-        const shownPath = procedure || httpRoutes.has(path) ? path : bounded(path, 100);
+        const shownPath = procedure || route === path ? path : bounded(path, 100);
         // The request's own line needs no child logger: it names the request id itself.
         (log ?? logger)[level](
           {
@@ -128,6 +129,10 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
           `${method} ${shownPath} ${code}`,
         );
       });
+    },
+
+    logOf(req) {
+      return records.get(req)?.log ?? logger;
     },
 
     contextValues(req) {

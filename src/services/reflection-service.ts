@@ -1,6 +1,6 @@
 import { createRegistry, toBinary, type DescFile, type DescService } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import { ServerReflection as ServerReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 
@@ -20,30 +20,35 @@ const NOT_FOUND = 5;
 const INVALID_ARGUMENT = 3;
 
 /**
- * Registers gRPC server reflection, `grpc.reflection.v1` and the older
+ * gRPC server reflection, `grpc.reflection.v1` and the older
  * `grpc.reflection.v1alpha` (which older grpcurl versions use), answering
  * from the compiled descriptors of `services`, of the reflection services
  * themselves and of every file they import (google/protobuf/struct.proto, …).
  * Tools such as `buf curl` and `grpcurl` then need no .proto files.
+ * Returns each version's service and implementation, for the route table.
  */
-export function registerReflection(router: ConnectRouter, services: DescService[]): void {
+export function createReflectionServices(services: DescService[]): Array<{ service: DescService; implementation: object }> {
   const answer = createAnswerer([...services, ...REFLECTION_SERVICES]);
-  router.service(ServerReflectionV1, {
+  const v1: ServiceImpl<typeof ServerReflectionV1> = {
     async *serverReflectionInfo(requests) {
       const sent = new Set<string>();
       for await (const request of requests) {
         yield { validHost: request.host, originalRequest: request, messageResponse: answer(request, sent) };
       }
     },
-  });
-  router.service(ServerReflectionV1alpha, {
+  };
+  const v1alpha: ServiceImpl<typeof ServerReflectionV1alpha> = {
     async *serverReflectionInfo(requests) {
       const sent = new Set<string>();
       for await (const request of requests) {
         yield { validHost: request.host, originalRequest: request, messageResponse: answer(request, sent) };
       }
     },
-  });
+  };
+  return [
+    { service: ServerReflectionV1, implementation: v1 },
+    { service: ServerReflectionV1alpha, implementation: v1alpha },
+  ];
 }
 
 /**

@@ -9,9 +9,9 @@ import {
   type UniversalServerResponse,
 } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
-import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
-import type { ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
+import { grpcPercentEncode, grpcTrailer } from "./early-answers.js";
 
 /** The content types the RPC paths accept, for answers that must name them. */
 const ACCEPTED_CONTENT_TYPES =
@@ -34,63 +34,11 @@ export interface ErrorAnswerOptions {
  *   names the field as it was sent.
  * - A wrong or missing Content-Type (415) and a wrong HTTP method (405),
  *   which Connect answers with an empty body, get a Connect error body.
- * - gRPC's `grpc-message` is percent-encoded as the gRPC spec says (only
- *   `%` and bytes outside printable ASCII). connect-es encodes it with
- *   `encodeURIComponent`, and @grpc/grpc-js decodes with `decodeURI`,
- *   which leaves `%3A` (`:`), `%2C` (`,`), `%3B` (`;`), `%24` (`$`)… as
- *   they are: its users would read `source%3A value does not match…`.
+ * - gRPC's `grpc-message` is percent-encoded as the gRPC spec says
+ *   (`grpcPercentEncode`, early-answers.ts), as on every early answer.
  */
 export function withReadableErrors(handler: UniversalHandler, options: ErrorAnswerOptions = {}): UniversalHandlerFn {
   return async (request) => readable(request, await handler(request), handler, options);
-}
-
-/**
- * The `fallback` of the Connect adapter: an unknown path is answered
- * `unimplemented`, naming the paths this service serves, in the protocol
- * the request's Content-Type asks for (gRPC and gRPC-Web: `grpc-status` 12;
- * otherwise HTTP 404 with a Connect error body).
- */
-export function answerUnknownPath(servedPaths: string[]): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
-  return (req, res) => {
-    const path = req.url?.split("?")[0] ?? "/";
-    const error = new ConnectError(`no such path: ${req.method} ${path}; this service serves ${servedPaths.join(", ")}`, Code.Unimplemented);
-    const contentType = req.headers["content-type"] ?? "";
-    // The body is not read: an HTTP/1.1 connection ends here, and says so to the client.
-    if (req.httpVersionMajor === 1) res.setHeader("connection", "close");
-    if (/^application\/grpc(-web(-text)?)?([+;]|$)/i.test(contentType)) {
-      // Headers set before end() (not writeHead) go out with the end of the
-      // stream: a gRPC "trailers-only" answer on HTTP/2.
-      res.statusCode = 200;
-      res.setHeader("content-type", contentType);
-      grpcTrailer(error).forEach((value, name) => res.setHeader(name, value));
-      res.end();
-      return;
-    }
-    res.statusCode = 404;
-    res.setHeader("content-type", "application/json");
-    res.end(errorToJsonBytes(error, {}));
-  };
-}
-
-/** The gRPC status headers for an error, `grpc-message` encoded as the gRPC spec says. */
-export function grpcTrailer(error: ConnectError): Headers {
-  const headers = setTrailerStatus(new Headers(), error);
-  headers.set("grpc-message", grpcPercentEncode(error.rawMessage));
-  return headers;
-}
-
-/**
- * Percent-encodes a gRPC status message as the gRPC spec asks: `%` and the
- * UTF-8 bytes outside 0x20–0x7E, nothing else. Every gRPC client decodes
- * this: by the spec, with `decodeURIComponent` (Connect) or with `decodeURI`
- * (@grpc/grpc-js).
- */
-export function grpcPercentEncode(message: string): string {
-  let encoded = "";
-  for (const byte of Buffer.from(message, "utf8")) {
-    encoded += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return encoded;
 }
 
 async function readable(

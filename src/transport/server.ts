@@ -2,13 +2,21 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerOptions as Http2Options } from "node:http2";
 import type { AddressInfo, Server, Socket } from "node:net";
 import { defaultServerLimits, type Config, type ServerLimits } from "../config.js";
-import { OpenStreams } from "../services/stream-limits.js";
+import type { DatabaseHealth } from "../db/database-health.js";
+import type { FeedHub } from "../feed/feed-hub.js";
+import type { OpenStreams } from "../services/stream-limits.js";
 import { closeIdleSessions, trackConnections } from "./connections.js";
 import { guardRequests } from "./guard.js";
 import { createPlaintextServer } from "./plaintext-server.js";
 import { createRequestHandler, type RequestHandlerOptions } from "./request-handler.js";
 
-export interface ServerOptions extends Omit<RequestHandlerOptions, "streams" | "bodyTimeoutMs"> {
+export interface ServerOptions extends Omit<RequestHandlerOptions, "bodyTimeoutMs"> {
+  /** Reports NOT_SERVING first when the server closes. */
+  health: DatabaseHealth;
+  /** The open watches' cap (`MAX_OPEN_WATCHES`), the routes' too: ended when the server closes. */
+  streams: OpenStreams;
+  /** The feed's watch streams: ended when the server closes. */
+  feedHub: FeedHub;
   /** Serve TLS only (ALPN h2 and http/1.1), with client certificates required when `clientCa` is set. */
   tls?: Config["tls"];
   /** Connections, HTTP/2 streams, body deadline and open watches; the defaults when omitted. */
@@ -39,11 +47,8 @@ export interface IngestServer {
  */
 export function buildServer(options: ServerOptions): IngestServer {
   const limits = { ...defaultServerLimits, ...options.serverLimits };
-  const streams = new OpenStreams(limits.maxOpenWatches);
-  const handler = guardRequests(
-    createRequestHandler({ ...options, streams, bodyTimeoutMs: limits.requestBodyTimeoutMs }),
-    options.log,
-  );
+  const { streams } = options;
+  const handler = guardRequests(createRequestHandler({ ...options, bodyTimeoutMs: limits.requestBodyTimeoutMs }), options.log);
   const listener = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
     connections.request(req, res);
     handler(req, res);

@@ -1,6 +1,8 @@
 import { Registry } from "prom-client";
 import { afterAll, beforeAll } from "vitest";
-import type { InputLimits } from "../../src/config.js";
+import { defaultInputLimits, defaultServerLimits, type InputLimits } from "../../src/config.js";
+import { routeTable, type RouteDependencies } from "../../src/routes.js";
+import { OpenStreams } from "../../src/services/stream-limits.js";
 import type { Sequelize } from "sequelize-typescript";
 import { FeedHub, type FeedHubOptions } from "../../src/feed/feed-hub.js";
 import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/db/database-health.js";
@@ -30,7 +32,10 @@ export type TestServerOptions = {
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents">;
-} & Pick<ServerOptions, "apiTokens" | "feedApiTokens" | "privacyTokens" | "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing" | "ingestBatch" | "whatsapp" | "evolution" | "email">;
+  apiTokens?: string[];
+  feedApiTokens?: string[];
+} & Pick<ServerOptions, "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing"> &
+  Pick<RouteDependencies, "ingestBatch" | "extraRoutes" | "whatsapp" | "evolution" | "email" | "privacyTokens">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -66,26 +71,39 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
   const health = new DatabaseHealth({ sequelize: database.sequelize, log, ...options.health });
   const feedHub = new FeedHub({ sequelize: database.sequelize, log, ...options.feed });
   const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
-  const server = buildServer({
+  const streams = new OpenStreams({ ...defaultServerLimits, ...options.serverLimits }.maxOpenWatches);
+  const routes = routeTable({
     sequelize: database.sequelize,
     defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
     health,
+    metrics,
+    streams,
+    feedHub,
+    ingestBatch: options.ingestBatch,
+    tracing: options.tracing,
+    extraRoutes: options.extraRoutes,
+    whatsapp: options.whatsapp,
+    evolution: options.evolution,
+    email: options.email,
+    privacyTokens: options.privacyTokens,
+    log,
+    limits: options.limits ?? defaultInputLimits,
+    bodyTimeoutMs: { ...defaultServerLimits, ...options.serverLimits }.requestBodyTimeoutMs,
+  });
+  const server = buildServer({
+    routes,
+    health,
+    streams,
     feedHub,
     log,
     metrics,
     limits: options.limits,
-    apiTokens: options.apiTokens,
-    feedApiTokens: options.feedApiTokens,
-    privacyTokens: options.privacyTokens,
+    tokens: { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [], privacy: (options.privacyTokens ?? []).map((entry) => entry.token) },
     tls: options.tls,
     requestTimeoutMs: options.requestTimeoutMs,
     serverLimits: options.serverLimits,
     corsAllowedOrigins: options.corsAllowedOrigins,
     tracing: options.tracing,
-    ingestBatch: options.ingestBatch,
-    whatsapp: options.whatsapp,
-    evolution: options.evolution,
-    email: options.email,
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
