@@ -27,7 +27,7 @@ const EARLY_HTTP_STATUS: Partial<Record<Code, number>> = {
  * is not waited for: the connection is closed.
  */
 export const DRAIN_MAX_BYTES = 256 * 1024;
-const DRAIN_TIMEOUT_MS = 5_000;
+const DRAIN_TIMEOUT_MS = 2_000;
 
 export interface EarlyAnswerOptions {
   /** An HTTP status other than the code's own (405 for a method not accepted). */
@@ -46,8 +46,10 @@ export interface EarlyAnswerOptions {
  */
 export function answerEarly(req: Request, res: Response, error: ConnectError, options: EarlyAnswerOptions = {}): void {
   try {
-    // A body announced larger than what is drained ends the HTTP/1.1 connection; the client is told so.
-    if (req.httpVersionMajor === 1 && !req.complete && !(Number(req.headers["content-length"] ?? 0) <= DRAIN_MAX_BYTES)) {
+    // A body announced larger than what is drained, or one too slow to wait
+    // for, ends the HTTP/1.1 connection; the client is told so.
+    const tooLong = !(Number(req.headers["content-length"] ?? 0) <= DRAIN_MAX_BYTES) || error.code === Code.DeadlineExceeded;
+    if (req.httpVersionMajor === 1 && !req.complete && tooLong) {
       res.setHeader("connection", "close");
     }
     write(req, res, error, options);

@@ -31,7 +31,13 @@ export function limitRequestBody(handler: UniversalHandlerFn, limits: RequestBod
     const body = request.body;
     if (typeof body !== "object" || body === null || !(Symbol.asyncIterator in body)) return handler(request);
     const deadline = { expired: false };
-    const response = await handler({ ...request, body: receivedWithin(body, limits.bodyTimeoutMs, deadline) });
+    let response = await handler({ ...request, body: receivedWithin(body, limits.bodyTimeoutMs, deadline) });
+    // A client too slow to send its body is not waited for again: its HTTP/1.1 connection ends (early-answers.ts).
+    if (deadline.expired && request.httpVersion.startsWith("1.")) {
+      const header = new Headers(response.header);
+      header.set("connection", "close");
+      response = { ...response, header };
+    }
     if (!limits.plainHttpStatuses) return response;
     if (response.status === 429) return { ...response, status: 413 };
     if (response.status === 504 && deadline.expired) return { ...response, status: 408 };
