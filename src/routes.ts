@@ -12,6 +12,7 @@ import { PrivacyService } from "../gen/aurora/crm/v1/privacy_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import type { DatabaseHealth } from "./db/database-health.js";
 import type { FeedHub } from "./feed/feed-hub.js";
+import { FeedHorizon, type HorizonStatus } from "./feed/horizon.js";
 import type { RelayStatus } from "./feed/relay/feed-relay.js";
 import type { PhoneRegion } from "./ingest/identity/phone-number.js";
 import type { BatcherOptions } from "./ingest/ingest-batcher.js";
@@ -44,6 +45,8 @@ export interface RouteDependencies {
   tracing?: Tracing;
   /** The feed relay, when on: `/readyz` shows its state (it never makes the service unready). */
   relay?: { status(): RelayStatus };
+  /** Whether the feed's horizon tells databases apart, for `/readyz`; read from `sequelize` when not given. */
+  feedHorizon?: { status(): Promise<HorizonStatus> };
   /** Further plain routes, appended to the table (tests use it to try the plumbing). */
   extraRoutes?: PlainRoute[];
   log: Logger;
@@ -121,7 +124,7 @@ export function routeTable(dependencies: RouteDependencies): Route[] {
   return [
     // The IngestMessage RPC as plain JSON, for gateways that post JSON (docs/one-port-server.md).
     { kind: "alias", method: "POST", path: "/ingest/message", access: "ingest", procedure: IngestService.method.ingestMessage },
-    ...probeRoutes(dependencies.health, dependencies.metrics, dependencies.relay),
+    ...probeRoutes(dependencies.health, dependencies.metrics, dependencies.relay, dependencies.feedHorizon ?? new FeedHorizon(dependencies.sequelize)),
     ...webhookRoutes,
     ...(dependencies.extraRoutes ?? []),
     ...services,
