@@ -26,7 +26,8 @@
  *   the channel, the counts and any refusal reason (never a secret or
  *   message content).
  * - `createWebhookHandler(routes, options)` returns the plain-HTTP handler
- *   the transport calls first for every request; it answers and returns true
+ *   the route table (src/routes.ts) serves every route through, as a `node`
+ *   line with `provider` access; it answers and returns true
  *   for a webhook path, returns false for anything else.
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
