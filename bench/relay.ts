@@ -15,7 +15,8 @@
  *
  * Runs from bench/run.ts after the other scenarios (BENCH_RELAY=0 skips it);
  * alone, on a fresh database with a backlog of 20,000 events:
- * `BENCH_DATABASE_URL=postgres://... npx tsx bench/relay.ts [--duration 20 --concurrency 32]`.
+ * `npm run build && BENCH_DATABASE_URL=postgres://... npx tsx bench/relay.ts [--duration 20 --concurrency 32]`
+ * (the service runs compiled, from dist/).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -160,7 +161,7 @@ interface Server {
 }
 
 function startServer(options: RelayBenchOptions, token: string, env: Record<string, string>): Promise<Server> {
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+  const child: ChildProcess = spawn(process.execPath, ["dist/src/main.js"], {
     cwd: root,
     env: {
       ...process.env,

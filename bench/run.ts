@@ -4,7 +4,9 @@
  *
  * Creates a throwaway database on the PostgreSQL server named by
  * BENCH_DATABASE_URL (or DATABASE_URL), migrates and seeds it, then per
- * scenario starts the server as a child process (`src/main.ts`, PORT=0),
+ * scenario starts the server as a child process (the compiled
+ * `dist/src/main.js` that production runs, built by `npm run bench`'s
+ * `prebench`; PORT=0),
  * drives it from a separate load-generator process (bench/load.ts), samples
  * the server's CPU and memory from /proc, and checks that every successful
  * request left exactly one event and every new sender exactly one contact.
@@ -30,6 +32,8 @@ import { benchRelay } from "./relay.js";
 import { preloadEventsSql, seedContactsSql } from "./traffic.js";
 
 const root = path.resolve(import.meta.dirname, "..");
+/** The service as production runs it: compiled, without tsx's loader in the profile. */
+const SERVICE = "dist/src/main.js";
 /** The bearer token the server under test requires and the load generator sends. */
 const API_TOKEN = randomBytes(24).toString("hex");
 const WHATSAPP_SECRET = randomBytes(24).toString("hex");
@@ -122,7 +126,7 @@ async function main(): Promise<void> {
       }
       for (const workers of options.workers) {
         for (const tracing of options.tracing) {
-          const server = await startServer(benchUrl.toString(), workers, options.pool, "src/main.ts", tracing ? sink!.endpoint : undefined);
+          const server = await startServer(benchUrl.toString(), workers, options.pool, SERVICE, tracing ? sink!.endpoint : undefined);
           try {
             for (const scenario of group) await measure(scenario, server);
           } finally {
@@ -433,7 +437,7 @@ async function postgresBackends(db: pg.Client): Promise<number[]> {
   return rows.map((r) => r.pid);
 }
 
-/** The server under test (`src/main.ts`, or a reference server) in a process of its own. */
+/** The server under test (the compiled service, or a reference server) in a process of its own. */
 interface Server {
   child: ChildProcess;
   baseUrl: string;
@@ -457,10 +461,11 @@ async function startServer(
   databaseUrl: string,
   workers: number,
   poolMax: number,
-  script = "src/main.ts",
+  script = SERVICE,
   otlpEndpoint?: string,
 ): Promise<Server> {
-  const child = spawn(process.execPath, ["--import", "tsx", script], {
+  // The service runs compiled; the reference servers are bench sources, run through tsx.
+  const child = spawn(process.execPath, script === SERVICE ? [script] : ["--import", "tsx", script], {
     cwd: root,
     env: {
       ...process.env,
@@ -514,7 +519,7 @@ async function startServer(
         child,
         baseUrl: `http://127.0.0.1:${port}`,
         workers,
-        service: script === "src/main.ts",
+        service: script === SERVICE,
         tracing: otlpEndpoint !== undefined,
         errorLines: () => errorLines,
         async stop() {
