@@ -93,7 +93,8 @@ export function routeTable(dependencies: RouteDependencies): Route[] {
     (webhook): NodeRoute => ({
       kind: "node",
       methods: ["POST", "GET"],
-      path: webhook.path.endsWith("/") ? `${webhook.path}:path` : webhook.path,
+      // A webhook that serves every path under its own parses the rest itself (Evolution adds /<event>).
+      path: webhook.path.endsWith("/") ? `${webhook.path}:path*` : webhook.path,
       access: "provider",
       serve: (req, res, context) => void serveWebhook(req, res, context.note),
     }),

@@ -47,7 +47,11 @@ export interface PlainRoute {
   kind: "plain";
   /** Methods accepted; any other is answered 405 with `Allow`. */
   methods: readonly string[];
-  /** An exact path (`/healthz`), or one ending in a parameter (`/webhooks/evolution/:instance`). */
+  /**
+   * An exact path (`/healthz`), one ending in a parameter that takes one path
+   * segment (`/webhooks/evolution/:instance`), or one ending in `:name*`, a
+   * parameter that takes the rest of the path, slashes included.
+   */
   path: string;
   access: Access;
   /** Longest body read, in bytes; a longer one is answered 413. 0 or absent: the body is not read. */
@@ -126,7 +130,7 @@ export function procedurePath(method: DescMethod): string {
 /** Indexes a route table; throws on two routes for one path, so a collision shows at start-up. */
 export function indexRoutes(all: readonly Route[]): Routes {
   const exact = new Map<string, RouteMatch>();
-  const prefixed: Array<{ prefix: string; param: string; route: PlainRoute | NodeRoute }> = [];
+  const prefixed: Array<{ prefix: string; param: string; rest: boolean; route: PlainRoute | NodeRoute }> = [];
   const services = new Map<string, RpcRoute>();
   const claim = (path: string, match: RouteMatch) => {
     if (exact.has(path)) throw new Error(`two routes for ${path}`);
@@ -142,8 +146,8 @@ export function indexRoutes(all: readonly Route[]): Routes {
       claim(route.path, { route, label: route.path });
       continue;
     }
-    const parameter = /^(\/.*\/):(\w+)$/.exec(route.path);
-    if (parameter) prefixed.push({ prefix: parameter[1], param: parameter[2], route });
+    const parameter = /^(\/.*\/):(\w+)(\*?)$/.exec(route.path);
+    if (parameter) prefixed.push({ prefix: parameter[1], param: parameter[2], rest: parameter[3] === "*", route });
     else claim(route.path, { route, label: route.path, params: {} });
   }
   const procedures = new Set([...services.values()].flatMap((route) => route.service.methods.map(procedurePath)));
@@ -164,9 +168,9 @@ export function indexRoutes(all: readonly Route[]): Routes {
       const service = /^\/([^/]+)\//.exec(path)?.[1];
       const rpc = service === undefined ? undefined : services.get(service);
       if (rpc) return { route: rpc, label: procedures.has(path) ? path : "unmatched" };
-      for (const { prefix, param, route } of prefixed) {
+      for (const { prefix, param, rest, route } of prefixed) {
         const value = path.startsWith(prefix) ? path.slice(prefix.length) : "";
-        const decoded = value === "" || value.includes("/") ? undefined : decodePathSegment(value);
+        const decoded = value === "" || (!rest && value.includes("/")) ? undefined : decodePathSegment(value);
         if (decoded !== undefined) return { route, label: route.path, params: { [param]: decoded } };
       }
       return undefined;
