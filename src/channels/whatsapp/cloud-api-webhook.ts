@@ -1,11 +1,8 @@
-import { create } from "@bufbuild/protobuf";
-import type { JsonObject } from "@bufbuild/protobuf";
 import type { Sequelize } from "sequelize-typescript";
-import { IngestMessageRequestSchema } from "../../../gen/aurora/crm/v1/ingest_service_pb.js";
 import type { InputLimits, WhatsappWebhookConfig } from "../../config.js";
 import type { PhoneRegion } from "../../ingest/identity/phone-number.js";
 import type { IngestMessageInput } from "../../ingest/ingest-message.js";
-import { ingestMessageViolations } from "../../interceptors/validation.js";
+import { withinEventLimits } from "../event-limits.js";
 import { accepted, answer, hmacMatches, refused, secretMatches, type WebhookRoute } from "../webhook-route.js";
 import { NotADeliveryError, readDelivery, WHATSAPP_SOURCE, type DeliveryItem } from "./cloud-api-delivery.js";
 import { createUserLinks } from "./user-links.js";
@@ -97,25 +94,5 @@ function toInput(item: DeliveryItem, numbers: Map<string, string>, limits: Input
     kind: item.kind,
     ...(item.unusable && { unusable: item.unusable }),
   };
-  const violations = ingestMessageViolations(
-    create(IngestMessageRequestSchema, {
-      source: input.source,
-      senderId: input.senderId,
-      content: input.content,
-      metadata: input.metadata as JsonObject,
-      externalId: input.externalId ?? undefined,
-    }),
-    limits,
-  );
-  if (violations.length === 0) return input;
-  const reasons = violations.map((violation) => `${violation.field.map((f) => ("name" in f ? f.name : f.kind)).join(".")} ${violation.message}`);
-  const keep = (value: string, max: number) => (value.length <= max ? value : "");
-  return {
-    ...input,
-    senderId: keep(senderId, limits.senderIdMaxChars),
-    externalId: item.externalId.length <= limits.externalIdMaxChars ? item.externalId : null,
-    content: `[${typeof item.metadata.type === "string" ? item.metadata.type : "item"} over our limits]`,
-    metadata: { type: item.metadata.type, timestamp: item.metadata.timestamp, phone_number_id: item.metadata.phone_number_id },
-    unusable: `the WhatsApp ${item.kind === "STATUS" ? "status" : "message"} ${item.externalId.slice(0, 80)} was not stored as sent: ${reasons.join("; ")}`,
-  };
+  return withinEventLimits(input, limits, { type: item.metadata.type, timestamp: item.metadata.timestamp, phone_number_id: item.metadata.phone_number_id });
 }
