@@ -41,6 +41,18 @@ async function columns(table: string): Promise<string[]> {
   return rows.map((row) => row.column_name);
 }
 
+/** Every table the migrations create, once all are applied. */
+const ALL_TABLES = [
+  "crm_contacts",
+  "crm_deals",
+  "crm_feed_identity",
+  "crm_feed_relay_state",
+  "crm_ingest_events",
+  "crm_privacy_requests",
+  "crm_webhook_replay_tokens",
+  "crm_whatsapp_user_links",
+];
+
 describe(`migrations (${databaseKind})`, () => {
   it("go up, down one at a time, and up again", async () => {
     const migrator = createMigrator(database.sequelize);
@@ -58,16 +70,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.12.04T00.03.webhook-replay-tokens",
       "2026.12.04T00.04.privacy-requests",
     ]);
-    expect(await tables()).toEqual([
-      "crm_contacts",
-      "crm_deals",
-      "crm_feed_identity",
-      "crm_feed_relay_state",
-      "crm_ingest_events",
-      "crm_privacy_requests",
-      "crm_webhook_replay_tokens",
-      "crm_whatsapp_user_links",
-    ]);
+    expect(await tables()).toEqual(ALL_TABLES);
     expect(await indexes("crm_whatsapp_user_links")).toEqual(
       expect.arrayContaining([expect.stringMatching(/INDEX crm_whatsapp_user_links_whatsapp_id_idx .*\(whatsapp_id\)/)]),
     );
@@ -130,16 +133,7 @@ describe(`migrations (${databaseKind})`, () => {
     expect((await migrator.pending()).length).toBe(10);
 
     await migrator.up();
-    expect(await tables()).toEqual([
-      "crm_contacts",
-      "crm_deals",
-      "crm_feed_identity",
-      "crm_feed_relay_state",
-      "crm_ingest_events",
-      "crm_privacy_requests",
-      "crm_webhook_replay_tokens",
-      "crm_whatsapp_user_links",
-    ]);
+    expect(await tables()).toEqual(ALL_TABLES);
     expect(await columns("crm_ingest_events")).toEqual(expect.arrayContaining(["external_id", "feed_xid", "feed_seq", "trace_parent", "kind"]));
   });
 
