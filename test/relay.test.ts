@@ -165,9 +165,13 @@ describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
     // Ingest goes on; the backlog waits in the database, longer than the duplicate window.
     for (let i = 0; i < 5; i++) await insertEvents(database.sequelize, 40, `during-${i}`);
     await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(relay.status().lastError).toEqual(expect.any(String));
     await nats.start();
     await insertEvents(database.sequelize, 50, "after");
     await expectExactlyTheFeed(config);
+    // Recovered: the outage's error no longer describes the relay.
+    await waitFor(() => relay.status().lastError === null, 5_000);
+    expect(relay.status()).toMatchObject({ state: "active", natsConnected: true, lastError: null });
   });
 
   it("two relays publishing at once, without a lock, leave each event in the stream once", async () => {

@@ -191,7 +191,9 @@ export class FeedRelay {
       try {
         await this.ensureStream();
         const start = await this.reconcile();
+        // Recovered: what went wrong before no longer describes the relay.
         this.state.state = "active";
+        this.state.lastError = null;
         backoffMs = 250;
         await this.pump(start, signal);
       } catch (error) {
@@ -427,7 +429,9 @@ export class FeedRelay {
   private async untilDone<T>(action: () => Promise<T>, reason: string, signal: AbortSignal): Promise<T> {
     for (;;) {
       try {
-        return await action();
+        const result = await action();
+        this.state.lastError = null;
+        return result;
       } catch (error) {
         if (signal.aborted) throw error;
         this.metrics.publishErrors.inc({ reason });
