@@ -74,7 +74,8 @@ const overGrpc: Send = (baseUrl, content) =>
 /** Starts the service, sends one request that the lock holds in flight, and waits until it reached the database. */
 async function serviceWithRequestInFlight(env: Record<string, string>, content: string, send: Send = overHttp1) {
   const service = await startService({ DATABASE_URL: serviceUrl, ...env });
-  const exited = new Promise<number | null>((resolve) => service.child.once("exit", resolve));
+  // The exit code, or the signal that ended the process (so a crash names itself in the failure).
+  const exited = new Promise<number | string | null>((resolve) => service.child.once("exit", (code, signal) => resolve(code ?? signal)));
   cleanups.push(() => service.child.kill("SIGKILL"));
   const lock = await lockEvents();
   const before = proxy.bytesFromClients();
