@@ -7,6 +7,7 @@ import { IngestEventStatus } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { databaseKind } from "./support/database.js";
 import { feedClient, feedTransports } from "./support/feed.js";
 import { useTestServer } from "./support/server.js";
+import { metricValue } from "./support/metrics.js";
 
 const SIGNING_KEY = "key-0123456789abcdef0123456789abcdef";
 const INGEST_TOKEN = "ingest-token-0123456789abcdef";
@@ -69,10 +70,9 @@ async function stored(): Promise<number> {
   return row.n;
 }
 
+/** Deliveries refused for `reason` so far; 0 while none was. */
 async function refusals(reason: string): Promise<number> {
-  const text = await context.server.metrics.registry.metrics();
-  const line = text.split("\n").find((l) => l.startsWith("aurora_ingest_webhook_deliveries_refused_total{") && l.includes(`reason="${reason}"`));
-  return line ? Number(line.split(" ").pop()) : 0;
+  return metricValue(await context.server.metrics.registry.metrics(), "aurora_ingest_webhook_deliveries_refused_total", { reason }) ?? 0;
 }
 
 describe(`inbound e-mail (${databaseKind})`, () => {

@@ -6,6 +6,7 @@ import { databaseKind } from "./support/database.js";
 import { feedClient, feedTransports } from "./support/feed.js";
 import { useTestServer } from "./support/server.js";
 import { envelope, EVOLUTION_KEY as KEY, evolutionJwt, groupMessage, imageMessage, INSTANCE, lidMessage, ownMessage, statusUpdate, storyMessage, textMessage } from "./fixtures/evolution.js";
+import { metricValue } from "./support/metrics.js";
 
 const FEED_TOKEN = "feed-token-0123456789abcdef";
 const INGEST_TOKEN = "ingest-token-0123456789abcdef";
@@ -40,10 +41,9 @@ async function count(sql: string): Promise<number> {
   return row.n;
 }
 
-async function metric(name: string, labels: string): Promise<number> {
-  const text = await context.server.metrics.registry.metrics();
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && labels.split(",").every((label) => l.includes(label)));
-  return line ? Number(line.split(" ").pop()) : 0;
+/** A counter's value in this server's metrics; 0 while nothing was counted. */
+async function metric(name: string, labels: Record<string, string>): Promise<number> {
+  return metricValue(await context.server.metrics.registry.metrics(), name, labels) ?? 0;
 }
 
 describe(`Evolution API webhook (${databaseKind})`, () => {
@@ -87,9 +87,9 @@ describe(`Evolution API webhook (${databaseKind})`, () => {
       expect(await deliver(body)).toEqual({ status: 200, body: { status: "ok", stored: 0, duplicates: 0, errors: 0 } });
     }
     expect(await count("crm_ingest_events")).toBe(before);
-    expect(await metric("aurora_ingest_webhook_items_ignored_total", 'channel="evolution",item="from_me"')).toBe(1);
-    expect(await metric("aurora_ingest_webhook_items_ignored_total", 'item="group"')).toBe(1);
-    expect(await metric("aurora_ingest_webhook_items_ignored_total", 'item="event:connection.update"')).toBe(1);
+    expect(await metric("aurora_ingest_webhook_items_ignored_total", { channel: "evolution", item: "from_me" })).toBe(1);
+    expect(await metric("aurora_ingest_webhook_items_ignored_total", { item: "group" })).toBe(1);
+    expect(await metric("aurora_ingest_webhook_items_ignored_total", { item: "event:connection.update" })).toBe(1);
   });
 
   it("stores a status update as a STATUS event that links to the contact and creates none", async () => {
@@ -127,7 +127,7 @@ describe(`Evolution API webhook (${databaseKind})`, () => {
     expect((await deliver("{not json")).status).toBe(400);
     expect(await count("crm_ingest_events")).toBe(before);
     for (const reason of ["jwt_missing", "jwt_invalid", "jwt_expired", "wrong_instance", "bad_json"]) {
-      expect(await metric("aurora_ingest_webhook_deliveries_refused_total", `channel="evolution",reason="${reason}"`)).toBeGreaterThan(0);
+      expect(await metric("aurora_ingest_webhook_deliveries_refused_total", { channel: "evolution", reason })).toBeGreaterThan(0);
     }
     expect(context.server.logText()).not.toContain(KEY);
   });
