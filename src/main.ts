@@ -95,19 +95,9 @@ async function main(config: Config, log: Logger): Promise<void> {
     corsAllowedOrigins: config.corsAllowedOrigins,
     tracing,
   });
-  const address = await server.listen(config.port, config.host);
-  // With WORKERS=N the primary says where the service listens, once all workers do.
-  readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
-  if (relay && config.relay) {
-    relay.start();
-    readyLog.info(`feed relay on: stream ${config.relay.stream} on NATS ${describeNatsUrl(config.relay.natsUrl)}; one replica relays at a time`);
-  } else {
-    readyLog.info("feed relay off: NATS_URL is not set");
-  }
-  const horizon = await readHorizonStatus(database.sequelize);
-  if (horizon.scope === "database") readyLog.info("feed horizon per database: open transactions in other databases of the cluster do not hold the feed back");
-  else readyLog.warn(`feed horizon per database only where visible: ${horizon.reason}`);
-
+  // The signal handlers go in before the port opens: a SIGTERM that arrives
+  // as soon as we say "listening" must drain, not kill the process.
+  const listening = server.listen(config.port, config.host);
   let stopping = false;
   let exitCode = 0;
   const stop = async (signal: string) => {
@@ -115,6 +105,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     stopping = true;
     readyLog.info(`${signal} received: reporting NOT_SERVING, finishing requests in flight (up to ${config.shutdownGraceMs} ms)`);
     const started = Date.now();
+    await listening.catch(() => undefined);
     setTimeout(() => {
       readyLog.fatal("shutdown is stuck; exiting");
       process.exit(1);
@@ -148,6 +139,18 @@ async function main(config: Config, log: Logger): Promise<void> {
     onSignal("uncaught exception")();
   });
   process.on("unhandledRejection", (reason) => readyLog.error({ err: reason }, "unhandled promise rejection"));
+  const address = await listening;
+  // With WORKERS=N the primary says where the service listens, once all workers do.
+  readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
+  if (relay && config.relay) {
+    relay.start();
+    readyLog.info(`feed relay on: stream ${config.relay.stream} on NATS ${describeNatsUrl(config.relay.natsUrl)}; one replica relays at a time`);
+  } else {
+    readyLog.info("feed relay off: NATS_URL is not set");
+  }
+  const horizon = await readHorizonStatus(database.sequelize);
+  if (horizon.scope === "database") readyLog.info("feed horizon per database: open transactions in other databases of the cluster do not hold the feed back");
+  else readyLog.warn(`feed horizon per database only where visible: ${horizon.reason}`);
 }
 
 /**

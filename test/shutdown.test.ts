@@ -103,6 +103,14 @@ describe(`graceful shutdown (${databaseKind})`, () => {
     expect(await countEvents(content)).toBe(1);
   });
 
+  it("drains on a SIGTERM sent the moment it says where it listens", async () => {
+    const service = await startService({ DATABASE_URL: serviceUrl });
+    const exited = new Promise<number | string | null>((resolve) => service.child.once("exit", (code, signal) => resolve(code ?? signal)));
+    cleanups.push(() => service.child.kill("SIGKILL"));
+    service.child.kill("SIGTERM");
+    expect({ exit: await exited, output: service.output() }).toMatchObject({ exit: 0, output: expect.stringContaining("SIGTERM received") });
+  });
+
   it("cuts off a request still running when the grace period ends, and exits 0 without storing it", async () => {
     const content = "cut off at the grace period";
     const { service, exited, lock, inFlight } = await serviceWithRequestInFlight({ SHUTDOWN_GRACE_MS: "1000", DATABASE_TIMEOUT_MS: "30000" }, content);
