@@ -48,6 +48,9 @@ const ALL_TABLES = [
   "crm_feed_identity",
   "crm_feed_relay_state",
   "crm_ingest_events",
+  "crm_privacy_erased_ids",
+  "crm_privacy_erasures",
+  "crm_privacy_keys",
   "crm_privacy_requests",
   "crm_webhook_replay_tokens",
   "crm_whatsapp_user_links",
@@ -69,6 +72,7 @@ describe(`migrations (${databaseKind})`, () => {
       "2026.12.04T00.02.whatsapp-user-links",
       "2026.12.04T00.03.webhook-replay-tokens",
       "2026.12.04T00.04.privacy-requests",
+      "2026.12.04T00.05.privacy-erasure",
     ]);
     expect(await tables()).toEqual(ALL_TABLES);
     expect(await indexes("crm_whatsapp_user_links")).toEqual(
@@ -97,8 +101,17 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await indexes("crm_ingest_events")).toEqual(
       expect.arrayContaining([expect.stringMatching(/INDEX crm_ingest_events_source_sender_id_created_at_idx .*\(source, sender_id, created_at\)/)]),
     );
+    const [key] = await database.sequelize.query<{ name: string; bytes: number }>("SELECT name, length(secret) AS bytes FROM crm_privacy_keys", {
+      type: QueryTypes.SELECT,
+    });
+    expect(key).toEqual({ name: "digest", bytes: 32 });
     expect(await migrator.pending()).toEqual([]);
 
+    await migrator.down();
+    expect(await tables()).not.toContain("crm_privacy_keys");
+    expect(await tables()).not.toContain("crm_privacy_erasures");
+    expect(await tables()).not.toContain("crm_privacy_erased_ids");
+    expect(await tables()).toContain("crm_privacy_requests");
     await migrator.down();
     expect(await tables()).not.toContain("crm_privacy_requests");
     expect(await indexes("crm_ingest_events")).toEqual(
@@ -130,7 +143,7 @@ describe(`migrations (${databaseKind})`, () => {
     expect(await tables()).toEqual(["crm_contacts", "crm_deals"]);
     await migrator.down();
     expect(await tables()).toEqual([]);
-    expect((await migrator.pending()).length).toBe(10);
+    expect((await migrator.pending()).length).toBe(11);
 
     await migrator.up();
     expect(await tables()).toEqual(ALL_TABLES);
