@@ -41,6 +41,24 @@ async function rows<T extends object = Record<string, any>>(sql: string, bind: u
 }
 
 describe(`group commit (${databaseKind})`, () => {
+  it("sends the batch statement as a function of each connection's session, whose plan PostgreSQL keeps", async () => {
+    // Several connections at once: each one the pool opens is set up, not only the first.
+    const sessions = await Promise.all(
+      [1, 2, 3].map(() =>
+        database.sequelize.transaction((transaction) =>
+          database.sequelize.query<{ pid: number; functions: number }>(
+            `SELECT pg_backend_pid() AS pid, (SELECT count(*)::int FROM pg_proc
+               WHERE proname = 'aurora_store_events' AND pronamespace = pg_my_temp_schema()) AS functions, pg_sleep(0.05)`,
+            { transaction, type: QueryTypes.SELECT },
+          ),
+        ),
+      ),
+    );
+    expect(sessions.map(([session]) => session.functions)).toEqual([1, 1, 1]);
+    const { ingest } = command();
+    expect((await ingest(message({ senderId: "5511900001900", content: "via the function" }))).status).toBe("LINKED");
+  });
+
   it("gives every message of one batch its own outcome, exactly as alone", async () => {
     const { ingest: seed } = command();
     const stored = await seed(message({ source: "email", senderId: "ana@example.com", content: "antes", externalId: "k-table" }));

@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import pg from "pg";
 import { Sequelize } from "sequelize-typescript";
+import { sessionSetup } from "../ingest/ingest-message.js";
 import { lockDataDir } from "./data-dir-lock.js";
 import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
@@ -176,5 +177,12 @@ function createSequelize(url: string, poolMax: number, timeoutMs?: number): Sequ
     models: [Contact, Deal, IngestEvent, WhatsappUserLink, PrivacyRequest],
     pool: { max: poolMax, min: 0, acquire: timeoutMs ?? 10_000, idle: 10_000 },
     dialectOptions: { application_name: applicationName, ...timeouts },
+    // Every connection, whenever the pool opens it, holds the ingest batch
+    // statement as a function of its session (src/ingest/ingest-message.ts).
+    hooks: {
+      afterConnect: async (connection) => {
+        for (const statement of sessionSetup) await (connection as pg.Client).query(statement);
+      },
+    },
   });
 }

@@ -172,7 +172,7 @@ async function writeBatch(
   transaction: Transaction,
 ): Promise<Array<IngestMessageResult | Error>> {
   const column = <T>(pick: (event: PendingEvent) => T) => events.map(pick);
-  const rows = await sequelize.query<BatchRow>(STORE_EVENTS, {
+  const rows = await sequelize.query<BatchRow>(CALL_STORE_EVENTS, {
     bind: [
       column((e) => e.input.source),
       column((e) => e.input.senderId),
@@ -227,6 +227,13 @@ async function writeBatch(
 }
 
 /**
+ * The batch statement's inputs, in the order of its `$n`: one array per
+ * column, one entry per message. A new column is one type here, one `$n` in
+ * the statement and one `column(...)` in `writeBatch`.
+ */
+const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"];
+
+/**
  * One statement for a whole batch; its inputs are parallel arrays, one entry
  * per message, so its text never changes.
  *
@@ -248,7 +255,7 @@ async function writeBatch(
  * Returns one row per message: the event and contact ids (null when nothing
  * was stored) and whether this message is the one that created its contact.
  */
-const STORE_EVENTS = `
+export const STORE_EVENTS = `
   WITH message AS MATERIALIZED (
     SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
@@ -285,6 +292,36 @@ const STORE_EVENTS = `
   FROM resolved
   LEFT JOIN event ON event.id = resolved.event_id
   LEFT JOIN created ON created.id = event.contact_id`;
+
+/**
+ * Sequelize sends every query unprepared, so PostgreSQL would parse and plan
+ * the batch statement on each call, which is most of what a lone message
+ * costs it. PL/pgSQL keeps the plans of the statements in a function for the
+ * session, so each connection gets the statement as a function in its own
+ * temporary schema (`pg_temp`), created when the connection opens
+ * (`sessionSetup`, run by src/db/database.ts) and called through
+ * `sequelize.query` in the batch's transaction. Its text stays here, in the
+ * code that calls it: no migration, and old and new versions of the service
+ * each run their own during a rolling upgrade (docs/group-commit.md).
+ *
+ * `plan_cache_mode`: PostgreSQL would otherwise keep planning each call when
+ * a generic plan's estimate (it cannot know the arrays' length) looks dearer
+ * than a plan for one message. `use_column`: the result's column names are
+ * also the statement's.
+ */
+const STORE_EVENTS_FUNCTION = `
+  CREATE OR REPLACE FUNCTION pg_temp.aurora_store_events(${STORE_EVENTS_PARAMETERS.join(", ")})
+  RETURNS TABLE (n int, event_id uuid, contact_id uuid, status text, created boolean)
+  LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $function$
+  #variable_conflict use_column
+  BEGIN
+    RETURN QUERY ${STORE_EVENTS};
+  END $function$`;
+
+export const CALL_STORE_EVENTS = `SELECT * FROM pg_temp.aurora_store_events(${STORE_EVENTS_PARAMETERS.map((_, i) => `$${i + 1}`).join(", ")})`;
+
+/** Statements each new database connection runs once before it is used: the batch statement's function. */
+export const sessionSetup: readonly string[] = [STORE_EVENTS_FUNCTION];
 
 /**
  * Answers a retry with the original event, or refuses it when the key was
