@@ -13,7 +13,7 @@ import { openDatabase, type Database } from "./db/database.js";
 import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
 import { DatabaseHealth } from "./db/database-health.js";
 import { FeedHub } from "./feed/feed-hub.js";
-import { createLogger, type Logger } from "./observability/logger.js";
+import { createLogger, endLog, type Logger } from "./observability/logger.js";
 import { createMetrics } from "./observability/metrics.js";
 import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
 import { routeTable } from "./routes.js";
@@ -118,6 +118,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     // Spans still batched are exported before the process ends.
     await tracing?.shutdown();
     readyLog.info("stopped");
+    await endLog(log);
     process.exit(exitCode);
   };
   const onSignal = (signal: string) => () => {
@@ -190,5 +191,5 @@ const log = createLogger({ level: config.logLevel, format: config.logFormat });
 main(config, log).catch((error: unknown) => {
   if (error instanceof StartupError || error instanceof DataDirInUseError) log.fatal(error.message);
   else log.fatal({ err: error }, "start-up failed");
-  process.exit(1);
+  void endLog(log).finally(() => process.exit(1));
 });

@@ -111,6 +111,33 @@ describe(`graceful shutdown (${databaseKind})`, () => {
     expect({ exit: await exited, output: service.output() }).toMatchObject({ exit: 0, output: expect.stringContaining("SIGTERM received") });
   });
 
+  it("keeps answering while the reader of its log has stalled, and writes every request's line before it exits", async () => {
+    const service = await startService({ DATABASE_URL: serviceUrl, LOG_FORMAT: "json", LOG_LEVEL: "info" });
+    const closed = new Promise<number | string | null>((resolve) => service.child.once("close", (code, signal) => resolve(code ?? signal)));
+    cleanups.push(() => service.child.kill("SIGKILL"));
+    // Nobody reads stdout: the pipe (64 KiB) fills after a couple of hundred lines.
+    service.child.stdout!.pause();
+    const requests = 600;
+    for (let i = 0; i < requests; i += 30) {
+      const answers = await Promise.all(
+        Array.from({ length: Math.min(30, requests - i) }, (_, j) =>
+          fetch(`${service.baseUrl}/ingest/message`, {
+            method: "POST",
+            headers: { "content-type": "application/json", "x-request-id": `stalled-log-${i + j}` },
+            body: JSON.stringify({ source: "web", sender_id: "visitor", content: "while the log reader stalls", metadata: {} }),
+            signal: AbortSignal.timeout(10_000),
+          }).then((response) => response.status),
+        ),
+      );
+      expect(answers.every((status) => status === 200)).toBe(true);
+    }
+    service.child.stdout!.resume();
+    service.child.kill("SIGTERM");
+    expect(await closed).toBe(0);
+    const logged = new Set(service.output().match(/"requestId":"stalled-log-\d+"/g));
+    expect(logged.size).toBe(requests);
+  });
+
   it("cuts off a request still running when the grace period ends, and exits 0 without storing it", async () => {
     const content = "cut off at the grace period";
     const { service, exited, lock, inFlight } = await serviceWithRequestInFlight({ SHUTDOWN_GRACE_MS: "1000", DATABASE_TIMEOUT_MS: "30000" }, content);
