@@ -3,6 +3,9 @@
  * `concurrency` requests in flight for the warm-up and then the measured
  * window, and prints one JSON line per phase on stdout.
  *
+ * With `rate`, an open loop instead: requests sent on a fixed schedule,
+ * each timed from when it was due.
+ *
  * Modes: `grpc` (gRPC over h2c), `connect` (Connect JSON over HTTP/1.1),
  * `route` (POST /ingest/message) against the server; `bare` and
  * `bare-connect`, the route's requests against the reference servers
@@ -48,6 +51,13 @@ export interface LoadPlan {
   token: string;
   /** The WhatsApp app secret the server checks deliveries with. */
   whatsappSecret: string;
+  /**
+   * Open loop: requests per second sent on a fixed schedule whatever the
+   * answers, each timed from when it was due (so a stall counts against
+   * every request it delays, without coordinated omission). Absent: closed
+   * loop, `concurrency` requests in flight.
+   */
+  rate?: number;
 }
 
 /** The load generator's answer, printed as the last line. */
@@ -114,37 +124,54 @@ async function main(plan: LoadPlan): Promise<void> {
   const warm = setTimeout(measuring, plan.warmupMs);
   const stop = setTimeout(stopped, plan.warmupMs + plan.durationMs);
 
-  const loop = async () => {
-    while (performance.now() < stopAt) {
-      const messages = Array.from({ length: perRequest }, next);
-      const t0 = performance.now();
-      let ok = true;
-      try {
-        await send(messages);
-        succeeded += messages.length;
-        newSendersSucceeded += messages.filter((message) => message.isNew).length;
-      } catch (error) {
-        ok = false;
-        failed++;
-        if (sampleErrors.length < 5) sampleErrors.push(String((error as Error)?.message ?? error));
-      }
-      const t1 = performance.now();
-      if (t0 < measureFrom || t1 > stopAt) continue;
-      measured++;
-      if (!ok) {
-        errors++;
-        continue;
-      }
-      measuredMessages += messages.length;
-      if (measured > latencies.length) {
-        const grown = new Float64Array(latencies.length * 2);
-        grown.set(latencies);
-        latencies = grown;
-      }
-      latencies[measured - errors - 1] = t1 - t0;
+  /** Open loop: the i-th request is due at start + i / rate, and is sent then (or at once, when the generator is late). */
+  const openLoop = async (rate: number) => {
+    const inFlight = new Set<Promise<void>>();
+    for (let i = 0; ; i++) {
+      const due = start + (i * 1000) / rate;
+      if (due >= stopAt) break;
+      const wait = due - performance.now();
+      // A late generator sends at once, but still lets answers in between.
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      else if (i % 16 === 0) await new Promise(setImmediate);
+      const request = one(due, true).finally(() => inFlight.delete(request));
+      inFlight.add(request);
     }
+    await Promise.all(inFlight);
   };
-  await Promise.all(Array.from({ length: plan.concurrency }, loop));
+  /** Sends one request due at `t0`; counted when due in the window (open loop) or when sent and answered in it (closed loop). */
+  const one = async (t0: number, open: boolean) => {
+    const messages = Array.from({ length: perRequest }, next);
+    let ok = true;
+    try {
+      await send(messages);
+      succeeded += messages.length;
+      newSendersSucceeded += messages.filter((message) => message.isNew).length;
+    } catch (error) {
+      ok = false;
+      failed++;
+      if (sampleErrors.length < 5) sampleErrors.push(String((error as Error)?.message ?? error));
+    }
+    const t1 = performance.now();
+    if (t0 < measureFrom || (open ? t0 >= stopAt : t1 > stopAt)) return;
+    measured++;
+    if (!ok) {
+      errors++;
+      return;
+    }
+    measuredMessages += messages.length;
+    if (measured > latencies.length) {
+      const grown = new Float64Array(latencies.length * 2);
+      grown.set(latencies);
+      latencies = grown;
+    }
+    latencies[measured - errors - 1] = t1 - t0;
+  };
+  const loop = async () => {
+    while (performance.now() < stopAt) await one(performance.now(), false);
+  };
+  if (plan.rate) await openLoop(plan.rate);
+  else await Promise.all(Array.from({ length: plan.concurrency }, loop));
   clearTimeout(warm);
   clearTimeout(stop);
   stopped();

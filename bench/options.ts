@@ -39,6 +39,15 @@ export interface BenchOptions {
   /** The feed section: watch streams open beside ingest, and the ingest rate of the latency probe. */
   feedStreams: number;
   feedRate: number;
+  /**
+   * The service's entry points, each with a label (`before=../old/dist/src/main.js`):
+   * every service scenario runs once per entry, alternated, to compare two builds in one run.
+   */
+  services: Array<{ label: string; script: string }>;
+  /** After each saturated server scenario, the same at half its measured rate in an open loop (p50/p99 from each request's due time). */
+  openLoop: boolean;
+  /** Write a CPU profile of each service process here (`node --cpu-prof`), start-up included. */
+  cpuProfDir: string;
 }
 
 const MODES: Array<LoadMode | "feed"> = ["sql", "grpc", "connect", "route", "bare", "bare-connect", "bare-grpc", "whatsapp", "whatsapp-10", "feed"];
@@ -111,10 +120,17 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     label: raw("label") ?? "",
     feedStreams: number("feed-streams", 100, 0, 10_000),
     feedRate: number("feed-rate", 50, 1, 10_000),
+    services: list("service", "dist/src/main.js", (s) => {
+      const [label, script] = s.includes("=") ? s.split("=", 2) : ["", s];
+      return /\.js$/.test(script) ? { label, script } : undefined;
+    }),
+    openLoop: list("open-loop", "on", (s) => ({ off: false, on: true })[s])[0] ?? true,
+    cpuProfDir: raw("cpu-prof") ?? "",
   };
   for (const name of flags.keys()) {
     const known = ["concurrency", "duration", "warmup", "scenarios", "workers", "tracing", "senders", "new-share", "preload", "preload-events",
-      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label", "feed-streams", "feed-rate"];
+      "preload-contacts", "pool", "sql-pool", "h2-connections", "sample-ms", "keep", "label", "feed-streams", "feed-rate", "service",
+      "open-loop", "cpu-prof"];
     if (!known.includes(name)) problems.push(`unknown option --${name}`);
   }
   if (problems.length > 0) throw new Error(`bench: invalid options:\n  - ${problems.join("\n  - ")}`);

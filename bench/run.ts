@@ -47,7 +47,11 @@ interface Row {
   workers: number | null;
   /** Whether the server exported spans (to the local OTLP sink). */
   tracing: boolean;
+  /** The service build's label, when the run compares several (`--service label=path,…`). */
+  service?: string;
   load: LoadResult;
+  /** The same scenario at half this row's rate in an open loop: latency from each request's due time. */
+  openLoop?: { rate: number; rps: number; errors: number; latencyMs: LoadResult["latencyMs"] };
   ratioToFloor: number | null;
   /** Throughput over the reference server's at the same concurrency (route and Connect: bare-connect; gRPC: bare-grpc). */
   ratioToReference: number | null;
@@ -98,10 +102,22 @@ async function main(): Promise<void> {
       process.stdout.write(`bench: ${scenario.mode}@${scenario.concurrency}${server ? ` workers=${server.workers}` : ""}${server?.tracing ? " tracing" : ""}${note ? ` ${note}` : ""} ... `);
       const row = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2));
       row.note = note;
+      row.service = server?.label;
       rows.push(row);
-      return row;
       const l = row.load;
       console.log(`${l.rps.toFixed(0)} req/s, p99 ${l.latencyMs.p99.toFixed(1)} ms, ${l.errors} errors${row.checks.ok ? "" : `, CHECK FAILED: ${row.checks.problems.join("; ")}`}`);
+      // Latency where it means something: the same server at half the rate it just reached, on a schedule.
+      if (options.openLoop && server && scenario.concurrency > 1 && !note && l.rps > 0) {
+        run++;
+        const rate = Math.round(l.rps / 2);
+        process.stdout.write(`bench:   open loop at ${rate} req/s ... `);
+        const open = await runScenario(db, options, benchUrl.toString(), scenario, server, String(run).padStart(2, "0").slice(-2), rate);
+        row.openLoop = { rate, rps: open.load.rps, errors: open.load.errors, latencyMs: open.load.latencyMs };
+        row.checks.problems.push(...open.checks.problems);
+        row.checks.ok &&= open.checks.ok;
+        console.log(`p50 ${open.load.latencyMs.p50.toFixed(1)} ms, p99 ${open.load.latencyMs.p99.toFixed(1)} ms, ${open.load.errors} errors`);
+      }
+      return row;
     };
     // The floor and the reference servers run where they are listed;
     // each run of consecutive service scenarios shares one server per worker count.
@@ -116,7 +132,7 @@ async function main(): Promise<void> {
       }
       const reference = REFERENCE_SERVERS[group[0].mode];
       if (reference) {
-        const server = await startServer(benchUrl.toString(), 1, options.pool, reference);
+        const server = await startServer(benchUrl.toString(), 1, options, { script: reference, label: "" });
         try {
           await measure(group[0], server);
         } finally {
@@ -126,11 +142,14 @@ async function main(): Promise<void> {
       }
       for (const workers of options.workers) {
         for (const tracing of options.tracing) {
-          const server = await startServer(benchUrl.toString(), workers, options.pool, SERVICE, tracing ? sink!.endpoint : undefined);
-          try {
-            for (const scenario of group) await measure(scenario, server);
-          } finally {
-            await server.stop();
+          // Builds being compared alternate here, innermost, so each pair runs minutes apart at most.
+          for (const service of options.services) {
+            const server = await startServer(benchUrl.toString(), workers, options, service, tracing ? sink!.endpoint : undefined);
+            try {
+              for (const scenario of group) await measure(scenario, server);
+            } finally {
+              await server.stop();
+            }
           }
         }
       }
@@ -262,7 +281,7 @@ async function runFeed(
   options: BenchOptions,
   measure: (scenario: Scenario, server?: Server, note?: string) => Promise<Row>,
 ): Promise<Record<string, unknown>> {
-  const server = await startServer(databaseUrl, 1, options.pool);
+  const server = await startServer(databaseUrl, 1, options);
   try {
     process.stdout.write("bench: feed list pages ... ");
     const list = await listPageLatency(server.baseUrl, API_TOKEN, databaseUrl, 200);
@@ -324,6 +343,7 @@ async function runScenario(
   scenario: Scenario,
   server: Server | undefined,
   tag: string,
+  rate?: number,
 ): Promise<Row> {
   if (scenario.mode === "feed") throw new Error("the feed section is run by runFeed");
   const { mode } = scenario;
@@ -344,6 +364,7 @@ async function runScenario(
     h2Connections: options.h2Connections,
     token: API_TOKEN,
     whatsappSecret: WHATSAPP_SECRET,
+    rate,
   };
 
   type Snapshot = { at: number; server: ReturnType<typeof sample>; postgres: Map<number, number>; machine: ReturnType<typeof machineCpu>; loadMs: number };
@@ -446,6 +467,8 @@ interface Server {
   service: boolean;
   /** Whether it exports spans (to the bench's OTLP sink). */
   tracing: boolean;
+  /** The service build's label (`--service label=path`), empty for one build and for reference servers. */
+  label: string;
   errorLines(): number;
   stop(): Promise<void>;
 }
@@ -460,12 +483,15 @@ interface Server {
 async function startServer(
   databaseUrl: string,
   workers: number,
-  poolMax: number,
-  script = SERVICE,
+  options: Pick<BenchOptions, "pool" | "cpuProfDir">,
+  { script, label }: BenchOptions["services"][number] = { script: SERVICE, label: "" },
   otlpEndpoint?: string,
 ): Promise<Server> {
+  const poolMax = options.pool;
+  const service = !script.endsWith(".ts");
   // The service runs compiled; the reference servers are bench sources, run through tsx.
-  const child = spawn(process.execPath, script === SERVICE ? [script] : ["--import", "tsx", script], {
+  const profile = service && options.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(options.cpuProfDir)}`] : [];
+  const child = spawn(process.execPath, service ? [...profile, script] : ["--import", "tsx", script], {
     cwd: root,
     env: {
       ...process.env,
@@ -519,8 +545,9 @@ async function startServer(
         child,
         baseUrl: `http://127.0.0.1:${port}`,
         workers,
-        service: script === SERVICE,
+        service,
         tracing: otlpEndpoint !== undefined,
+        label,
         errorLines: () => errorLines,
         async stop() {
           child.kill("SIGTERM");
@@ -619,13 +646,13 @@ function label(row: Row): string {
   }[row.scenario];
   const tracing = row.tracing ? " + tracing" : "";
   const clients = row.concurrency === tableConcurrency ? "" : `, ${row.concurrency} client${row.concurrency === 1 ? "" : "s"}`;
-  return `${name}${tracing}${clients}${row.note ? `, ${row.note}` : ""}`;
+  return `${row.service ? `${row.service}: ` : ""}${name}${tracing}${clients}${row.note ? `, ${row.note}` : ""}`;
 }
 
 function printTable(rows: Row[], options: BenchOptions): void {
   tableConcurrency = options.concurrency;
   const fixed = (n: number | null, digits = 1) => (n === null || !Number.isFinite(n) ? "-" : n.toFixed(digits));
-  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "x ref", "srv CPU ms/1k", "srv CPU ms/1k msgs", "srv peak MB", "pg CPU ms/1k", "batch p50/p99", "client CPU ms/1k", "other cores"];
+  const header = ["scenario", "workers", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "x floor", "x ref", "srv CPU ms/1k", "srv CPU ms/1k msgs", "srv peak MB", "pg CPU ms/1k", "batch p50/p99", "client CPU ms/1k", "other cores", "½ rate", "½ p50 ms", "½ p99 ms"];
   const lines = rows.map((r) => [
     label(r),
     r.workers === null ? "-" : String(r.workers),
@@ -643,6 +670,9 @@ function printTable(rows: Row[], options: BenchOptions): void {
     r.batchSize ? `${r.batchSize.p50}/${r.batchSize.p99}` : "-",
     fixed(r.load.clientCpuMsPer1000, 0),
     fixed(r.otherCores, 2),
+    r.openLoop ? String(r.openLoop.rate) : "-",
+    r.openLoop ? fixed(r.openLoop.latencyMs.p50) : "-",
+    r.openLoop ? `${fixed(r.openLoop.latencyMs.p99)}${r.openLoop.errors ? ` (${r.openLoop.errors} errors)` : ""}` : "-",
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
   const format = (cells: string[]) => `| ${cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ")} |`;
