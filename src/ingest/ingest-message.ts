@@ -6,7 +6,7 @@ import { DuplicateConflictError, isDataError, sqlState } from "./errors.js";
 import type { FeedNotifier } from "../feed/feed-notifier.js";
 import { IngestEvent, type IngestEventKind, type IngestEventStatus } from "../db/models/IngestEvent.js";
 import { metadataJson } from "./metadata-json.js";
-import { senderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
+import { cachedSenderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
 import { IngestBatcher, type BatcherOptions } from "./ingest-batcher.js";
 import { createBatchTracer } from "./batch-span.js";
 
@@ -96,10 +96,9 @@ export function createIngestMessage(dependencies: IngestDependencies): IngestMes
     ...DEFAULT_INGEST_BATCH,
     ...dependencies.ingestBatch,
   });
+  const identityOf = cachedSenderIdentity(dependencies);
   return (input, signal) => {
-    const identity = input.unusable
-      ? ({ kind: "invalid", reason: input.unusable } as const)
-      : senderIdentity(input.source, input.senderId, dependencies);
+    const identity = input.unusable ? ({ kind: "invalid", reason: input.unusable } as const) : identityOf(input.source, input.senderId);
     const key = identity.kind === "contact" ? identity.key : undefined;
     return batcher.submit(
       {

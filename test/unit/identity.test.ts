@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
-import { senderIdentity, type IdentityOptions } from "../../src/ingest/identity/sender-identity.js";
+import { cachedSenderIdentity, senderIdentity, type IdentityOptions } from "../../src/ingest/identity/sender-identity.js";
 import { configProblems } from "../support/config.js";
 
 const brazil: IdentityOptions = { defaultPhoneRegion: "BR" };
@@ -173,5 +173,24 @@ describe("default phone region", () => {
     expect(configProblems({ DEFAULT_PHONE_REGION: "Brazil" })).toEqual([
       'DEFAULT_PHONE_REGION must be a two-letter region code such as BR or PT, got "Brazil"',
     ]);
+  });
+});
+
+describe("cachedSenderIdentity", () => {
+  it("answers exactly as senderIdentity, for senders seen before, evicted or never seen", () => {
+    const options = { defaultPhoneRegion: "BR" as const };
+    const cached = cachedSenderIdentity(options, 2);
+    const senders: Array<[string, string]> = [
+      ["whatsapp", "+55 11 99999-0001"],
+      ["email", " Ana@Example.com "],
+      ["whatsapp", "not a number"],
+      ["web", "visitor"],
+      ["whatsapp", "+55 11 99999-0001"],
+      ["email", "x".repeat(400)],
+      ["email", " Ana@Example.com "],
+    ];
+    for (const [source, senderId] of [...senders, ...senders]) {
+      expect(cached(source, senderId)).toEqual(senderIdentity(source, senderId, options));
+    }
   });
 });

@@ -53,3 +53,31 @@ export function senderIdentity(source: string, senderId: string, options: Identi
 function quoted(senderId: string): string {
   return JSON.stringify(senderId.length > 80 ? `${senderId.slice(0, 80)}…` : senderId);
 }
+
+/**
+ * `senderIdentity` with the answers for the `maxSenders` most recently new
+ * senders kept: parsing a phone number or an address costs more than the
+ * rest of a message's own work, and most messages come from senders seen
+ * moments before. Ids longer than an e-mail address may be are not kept, so
+ * the memory is bounded. The answers are frozen: callers share them.
+ */
+export function cachedSenderIdentity(options: IdentityOptions, maxSenders = 10_000): (source: string, senderId: string) => SenderIdentity {
+  const known = new Map<string, SenderIdentity>();
+  return (source, senderId) => {
+    if (senderId.length > 320) return senderIdentity(source, senderId, options);
+    const key = `${source}\n${senderId}`;
+    let identity = known.get(key);
+    if (identity === undefined) {
+      identity = deepFreeze(senderIdentity(source, senderId, options));
+      // Oldest first out: a Map iterates in insertion order.
+      if (known.size >= maxSenders) known.delete(known.keys().next().value!);
+      known.set(key, identity);
+    }
+    return identity;
+  };
+}
+
+function deepFreeze(identity: SenderIdentity): SenderIdentity {
+  if (identity.kind === "contact") Object.freeze(identity.key);
+  return Object.freeze(identity);
+}
