@@ -1,10 +1,10 @@
-import { jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType, type StreamConfig } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RelayConfig } from "../src/config.js";
-import { decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
+import { databaseTagOf, decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
 import type { FeedRelay } from "../src/feed/relay/feed-relay.js";
 import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
@@ -15,6 +15,7 @@ import { createTestDatabase, databaseKind, testServerUrl, type TestDatabase } fr
 import { startNats, type TestNats } from "./support/nats.js";
 import { requires } from "./support/requirements.js";
 import { auditStream, insertEvents, readStream, relayConfig, wholeFeed } from "./support/relay.js";
+import { startTestServer } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
 
 let database: TestDatabase;
@@ -38,18 +39,19 @@ function newStream(): string {
   return `TEST_${streams}`;
 }
 
-function startRelay(config: RelayConfig, options: { sole?: boolean; registry?: Registry } = {}): FeedRelay {
+function startRelay(config: RelayConfig, options: { sole?: boolean; registry?: Registry; database?: TestDatabase } = {}): FeedRelay {
   const registry = options.registry ?? new Registry();
+  const { sequelize, url } = options.database ?? database;
   const relay = options.sole
-    ? new Relay({ sequelize: database.sequelize, config, lock: soleLeader(), log, metrics: createRelayMetrics(registry) })
-    : createFeedRelay(config, { sequelize: database.sequelize, databaseUrl: testServerUrl ? database.url : undefined, log, registry });
+    ? new Relay({ sequelize, config, lock: soleLeader(), log, metrics: createRelayMetrics(registry) })
+    : createFeedRelay(config, { sequelize, databaseUrl: testServerUrl ? url : undefined, log, registry });
   relays.push(relay);
   relay.start();
   return relay;
 }
 
-async function caughtUp(config: RelayConfig, timeoutMs = 30_000): Promise<void> {
-  const feed = await wholeFeed(database.sequelize);
+async function caughtUp(config: RelayConfig, timeoutMs = 30_000, of: TestDatabase = database): Promise<void> {
+  const feed = await wholeFeed(of.sequelize);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const messages = await readStream(config.natsUrl, config.stream, config.encoding).catch(() => []);
@@ -59,10 +61,11 @@ async function caughtUp(config: RelayConfig, timeoutMs = 30_000): Promise<void> 
   }
 }
 
-async function expectExactlyTheFeed(config: RelayConfig): Promise<void> {
-  await caughtUp(config);
+/** Waits until the stream holds as many messages as the feed of `of` (this file's database by default) and checks it is exactly that feed. */
+async function expectExactlyTheFeed(config: RelayConfig, of: TestDatabase = database): Promise<void> {
+  await caughtUp(config, 30_000, of);
   const messages = await readStream(config.natsUrl, config.stream, config.encoding);
-  expect(auditStream(messages, await wholeFeed(database.sequelize))).toBeUndefined();
+  expect(auditStream(messages, await wholeFeed(of.sequelize))).toBeUndefined();
 }
 
 describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
@@ -152,6 +155,101 @@ describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
     expect(info.config.subjects).toEqual(["other.>"]);
     expect(info.state.messages).toBe(0);
     await nc.close();
+  });
+
+  it("refuses a stream whose limits can drop events, and accepts one limited by age only", async () => {
+    const nc = await connect({ servers: nats.url });
+    const jsm = await jetstreamManager(nc);
+    const cases: Array<[Partial<StreamConfig>, RegExp]> = [
+      [{ max_msgs_per_subject: 1 }, /max_msgs_per_subject is 1: the stream would drop events/],
+      [{ max_msgs: 3 }, /max_msgs is 3: the stream would drop events/],
+      [{ max_bytes: 1_000_000 }, /max_bytes is 1000000: the stream would drop events/],
+      [{ discard: DiscardPolicy.New }, /discard is "new"/],
+    ];
+    await insertEvents(database.sequelize, 10, "limits");
+    const refused = await Promise.all(
+      cases.map(async ([limits]) => {
+        const stream = newStream();
+        const subjectPrefix = `test.limits.${stream}`;
+        await jsm.streams.add({ name: stream, subjects: [`${subjectPrefix}.>`], max_age: 3600 * 1e9, ...limits });
+        const registry = new Registry();
+        const relay = startRelay(relayConfig(nats.url, { stream, subjectPrefix, maxAgeSeconds: 3600 }), { registry });
+        return { stream, relay, registry };
+      }),
+    );
+    for (const [i, { stream, relay, registry }] of refused.entries()) {
+      await waitFor(() => relay.status().state === "stream_incompatible", 10_000);
+      expect(relay.status().streamProblems).toEqual([expect.stringMatching(cases[i][1])]);
+      expect(relay.status().lastError).toMatch(cases[i][1]);
+      expect(await registry.getSingleMetricAsString("aurora_ingest_relay_stream_incompatible")).toMatch(/ 1$/m);
+      expect((await jsm.streams.info(stream)).state.messages).toBe(0);
+    }
+
+    // An age limit is the stream's documented retention.
+    const stream = newStream();
+    await jsm.streams.add({ name: stream, subjects: ["test.aged.>"], max_age: 300 * 1e9, duplicate_window: 120 * 1e9 });
+    const registry = new Registry();
+    const config = relayConfig(nats.url, { stream, subjectPrefix: "test.aged", maxAgeSeconds: 3600 });
+    const relay = startRelay(config, { registry });
+    await expectExactlyTheFeed(config);
+    expect(relay.status()).toMatchObject({ state: "active", streamProblems: [expect.stringContaining("max age is 300 s")] });
+    expect(await registry.getSingleMetricAsString("aurora_ingest_relay_stream_incompatible")).toMatch(/ 0$/m);
+    await nc.close();
+  });
+
+  it("refuses a stream whose last message another database relayed: two services with one NATS_STREAM", async () => {
+    const other = await createTestDatabase();
+    try {
+      await insertEvents(database.sequelize, 20, "ours");
+      await insertEvents(other.sequelize, 30, "theirs");
+      const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.shared" });
+      const ours = startRelay(config);
+      await expectExactlyTheFeed(config);
+
+      const registry = new Registry();
+      const theirs = startRelay(config, { database: other, registry });
+      await waitFor(() => theirs.status().state === "stream_incompatible", 10_000);
+      const [ourTag, theirTag] = [databaseTagOf(await loadFeedIdentity(database.sequelize)), databaseTagOf(await loadFeedIdentity(other.sequelize))];
+      const problem = `was relayed from database ${ourTag}, not from this database (${theirTag})`;
+      expect(theirs.status().streamProblems).toEqual([expect.stringContaining(problem)]);
+      expect(theirs.status().lastError).toContain(problem);
+      expect(await registry.getSingleMetricAsString("aurora_ingest_relay_stream_incompatible")).toMatch(/ 1$/m);
+
+      // Both keep storing; the stream keeps one database's feed, whole and in order.
+      await insertEvents(other.sequelize, 10, "theirs-2");
+      await insertEvents(database.sequelize, 10, "ours-2");
+      await expectExactlyTheFeed(config);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(theirs.status().state).toBe("stream_incompatible");
+      expect(ours.status()).toMatchObject({ state: "active", streamProblems: [] });
+      await expectExactlyTheFeed(config);
+
+      // Two relays of two databases starting at once on an empty stream: one keeps it whole, the other stops.
+      for (let round = 0; round < 3; round++) {
+        const empty = relayConfig(nats.url, { stream: newStream(), subjectPrefix: `test.race${round}`, maxInFlight: 50, batchSize: 50 });
+        const pair = [startRelay(empty), startRelay(empty, { database: other })];
+        await waitFor(() => pair.some((relay) => relay.status().state === "stream_incompatible"), 10_000);
+        const winner = pair.findIndex((relay) => relay.status().state !== "stream_incompatible");
+        expect(winner).toBeGreaterThanOrEqual(0);
+        await expectExactlyTheFeed(empty, winner === 0 ? database : other);
+        await Promise.all(relays.splice(-2).map((relay) => relay.stop()));
+      }
+
+      // /readyz names streams and databases only to a caller with a token.
+      const token = "readyz-test-token";
+      const server = await startTestServer(other, { apiTokens: [token], relay: theirs });
+      try {
+        const anonymous = await (await fetch(`${server.baseUrl}/readyz`)).json();
+        expect(anonymous.relay).toEqual({ state: "stream_incompatible" });
+        const holder = await (await fetch(`${server.baseUrl}/readyz`, { headers: { authorization: `Bearer ${token}` } })).json();
+        expect(holder.relay).toMatchObject({ state: "stream_incompatible", stream: config.stream, lastError: expect.stringContaining(problem) });
+      } finally {
+        await server.server.close();
+      }
+    } finally {
+      await Promise.all(relays.splice(-1).map((relay) => relay.stop()));
+      await other.close();
+    }
   });
 
   it("keeps every event once through a NATS restart and an outage longer than the duplicate window", async () => {

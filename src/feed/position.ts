@@ -89,6 +89,17 @@ function filtersFingerprint(filters: FeedFilters | undefined): Buffer {
   return createHash("sha256").update(canonical).digest().subarray(0, 8);
 }
 
+/** The 16 hex digits that name this database in its tokens: the first 8 bytes of its random id. */
+export function databaseTagOf(identity: FeedIdentity): string {
+  return databaseTag(identity).toString("hex");
+}
+
+/** The database tag a resume token was issued for, signature unchecked; undefined for anything that is not a resume token. */
+export function resumeTokenDatabaseTag(token: string): string | undefined {
+  const bytes = /^[A-Za-z0-9_-]+$/.test(token) ? Buffer.from(token, "base64url") : Buffer.alloc(0);
+  return bytes.length === BODY_BYTES + MAC_BYTES && bytes[0] === RESUME ? bytes.subarray(1, 1 + TAG_BYTES).toString("hex") : undefined;
+}
+
 function databaseTag(identity: FeedIdentity): Buffer {
   return Buffer.from(identity.databaseId.replace(/-/g, ""), "hex").subarray(0, TAG_BYTES);
 }

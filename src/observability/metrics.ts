@@ -181,6 +181,8 @@ export interface RelayMetrics {
   commitToAck: Histogram;
   /** Problems found with the existing stream's settings (0 when it matches the configuration). */
   streamProblems: Gauge;
+  /** 1 while the relay refuses the stream (state `stream_incompatible`): it would lose events or mix two databases. */
+  streamIncompatible: Gauge;
 }
 
 /** Registers the relay's metrics on `registry`. */
@@ -205,5 +207,10 @@ export function createRelayMetrics(registry: Registry): RelayMetrics {
       registers,
     }),
     streamProblems: new Gauge({ name: `${prefix}stream_problems`, help: "Settings of the existing stream that differ from the configuration.", registers }),
+    streamIncompatible: new Gauge({
+      name: `${prefix}stream_incompatible`,
+      help: "1 while the relay refuses the stream: its limits could drop events, or its last message came from another database.",
+      registers,
+    }),
   };
 }

@@ -11,7 +11,9 @@ const json = (status: number, body: unknown) => ({ status, headers: { "content-t
  * alive: always 200, open), `GET /readyz` (200 when the database answers and
  * every migration is applied, 503 otherwise, with the reason as JSON; the
  * feed relay's state under `relay`, which never makes the service unready:
- * ingest does not need NATS; whether the feed's horizon tells databases
+ * ingest does not need NATS; its details (errors name streams, databases and
+ * servers) only to a caller with a valid token when tokens are configured;
+ * whether the feed's horizon tells databases
  * apart under `feedHorizon`; open) and `GET /metrics` (Prometheus text; any
  * valid token, as it shows traffic).
  */
@@ -30,11 +32,12 @@ export function probeRoutes(
       path: "/readyz",
       access: "open",
       quiet: true,
-      async handle() {
+      async handle(request) {
         const readiness = await health.readiness();
         // Unknown while the database does not answer.
         const horizon = readiness.database === "reachable" ? await feedHorizon?.status().catch(() => undefined) : undefined;
-        const body = { ...readiness, ...(horizon && { feedHorizon: horizon }), ...(relay && { relay: relay.status() }) };
+        const relayStatus = relay && (request.holdsToken() ? relay.status() : { state: relay.status().state });
+        const body = { ...readiness, ...(horizon && { feedHorizon: horizon }), ...(relayStatus && { relay: relayStatus }) };
         return json(readiness.ready ? 200 : 503, body);
       },
     },

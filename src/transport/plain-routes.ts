@@ -20,7 +20,7 @@ export async function servePlainRoute(
   params: Record<string, string>,
   req: Request,
   res: Response,
-  context: { log: Logger; bodyTimeoutMs: number },
+  context: { log: Logger; bodyTimeoutMs: number; holdsToken(): boolean },
 ): Promise<void> {
   const method = req.method ?? "";
   const [path, query = ""] = (req.url ?? "/").split("?", 2);
@@ -36,7 +36,8 @@ export async function servePlainRoute(
   }
   let reply: PlainReply;
   try {
-    reply = await route.handle({ method, path, params, query: new URLSearchParams(query), headers: req.headers, log: context.log }, body);
+    const request = { method, path, params, query: new URLSearchParams(query), headers: req.headers, log: context.log, holdsToken: context.holdsToken };
+    reply = await route.handle(request, body);
   } catch (error) {
     context.log.error({ err: error, route: route.path }, "plain route failed");
     return answerEarly(req, res, new ConnectError("internal error", Code.Internal));

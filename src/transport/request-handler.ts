@@ -139,7 +139,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
       const record = observedRequest(observer.contextValues(req));
       match.route.serve(req, res, { log: observer.logOf(req), note: (fields) => record && Object.assign(record.fields, fields) });
     } else if (match.route.kind === "plain") {
-      void servePlainRoute(match.route, match.params ?? {}, req, res, { log: observer.logOf(req), bodyTimeoutMs: options.bodyTimeoutMs });
+      const holdsToken = () => checkToken(req, "token") === "allowed";
+      void servePlainRoute(match.route, match.params ?? {}, req, res, { log: observer.logOf(req), bodyTimeoutMs: options.bodyTimeoutMs, holdsToken });
     } else if (route.kind === "alias") {
       req.url = procedurePath(route.procedure);
       aliasHandlers.get(route)!(req, res);

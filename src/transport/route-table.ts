@@ -28,6 +28,8 @@ export interface PlainRequest {
   headers: IncomingHttpHeaders;
   /** The request's logger (it carries the request id). */
   log: Logger;
+  /** Whether the caller sent a valid bearer token (always true when no token is configured): an open route may show it more. */
+  holdsToken(): boolean;
 }
 
 /** A plain HTTP answer. */

@@ -35,7 +35,7 @@ export type TestServerOptions = {
   apiTokens?: string[];
   feedApiTokens?: string[];
 } & Pick<ServerOptions, "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing"> &
-  Pick<RouteDependencies, "ingestBatch" | "extraRoutes" | "whatsapp" | "evolution" | "email" | "privacyTokens">;
+  Pick<RouteDependencies, "ingestBatch" | "extraRoutes" | "whatsapp" | "evolution" | "email" | "privacyTokens" | "relay">;
 
 /**
  * For a test file: a throwaway database and a server over it, started before
@@ -86,6 +86,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     evolution: options.evolution,
     email: options.email,
     privacyTokens: options.privacyTokens,
+    relay: options.relay,
     log,
     limits: options.limits ?? defaultInputLimits,
     bodyTimeoutMs: { ...defaultServerLimits, ...options.serverLimits }.requestBodyTimeoutMs,

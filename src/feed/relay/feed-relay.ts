@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { toBinary, toJsonString } from "@bufbuild/protobuf";
 import {
+  DiscardPolicy,
   jetstream,
   jetstreamManager,
   JetStreamApiError,
@@ -9,6 +10,7 @@ import {
   type JetStreamClient,
   type JetStreamManager,
   type PubAck,
+  type StoredMsg,
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
@@ -18,7 +20,16 @@ import type { RelayConfig } from "../../config.js";
 import type { Logger } from "../../observability/logger.js";
 import type { RelayMetrics } from "../../observability/metrics.js";
 import { toIngestEventMessage } from "../ingest-event-message.js";
-import { encodeResumeToken, FEED_START, loadFeedIdentity, type FeedIdentity, type FeedPosition } from "../position.js";
+import {
+  databaseTagOf,
+  decodeResumeToken,
+  encodeResumeToken,
+  FEED_START,
+  loadFeedIdentity,
+  resumeTokenDatabaseTag,
+  type FeedIdentity,
+  type FeedPosition,
+} from "../position.js";
 import { readFeed, type FeedEvent } from "../read-feed.js";
 import type { LeaderLock } from "./leader-lock.js";
 import { loadRelayState, relayBacklog, saveRelayState } from "./relay-state.js";
@@ -180,6 +191,7 @@ export class FeedRelay {
       this.log.info("relay lock taken: this replica relays the feed");
       await this.lead(AbortSignal.any([term, signal]));
       this.metrics.active.set(0);
+      this.metrics.streamIncompatible.set(0);
       if (!signal.aborted) this.log.warn("relay stopped publishing: leadership lost; standing by");
     }
   }
@@ -194,6 +206,7 @@ export class FeedRelay {
         // Recovered: what went wrong before no longer describes the relay.
         this.state.state = "active";
         this.state.lastError = null;
+        this.metrics.streamIncompatible.set(0);
         backoffMs = 250;
         await this.pump(start, signal);
       } catch (error) {
@@ -202,6 +215,7 @@ export class FeedRelay {
         this.metrics.publishErrors.inc({ reason });
         this.state.lastError = (error as Error).message;
         this.state.state = error instanceof StreamIncompatibleError ? "stream_incompatible" : "retrying";
+        this.metrics.streamIncompatible.set(error instanceof StreamIncompatibleError ? 1 : 0);
         this.log.warn({ err: error, reason }, `relay paused (${reason}); reconciling with the stream in ${backoffMs} ms`);
         await sleep(backoffMs, undefined, { signal }).catch(() => undefined);
         backoffMs = Math.min(backoffMs * 2, 5_000);
@@ -238,6 +252,12 @@ export class FeedRelay {
     const differences: string[] = [];
     if (!existing.subjects?.includes(this.subjects)) fatal.push(`subjects are ${JSON.stringify(existing.subjects ?? [])}, not including "${this.subjects}"`);
     if (existing.retention !== RetentionPolicy.Limits) fatal.push(`retention is "${existing.retention}", not "limits": messages would disappear once consumed`);
+    // An age limit is the stream's documented retention; a count or size limit drops events whether or not anyone read them.
+    const limits = (["max_msgs", "max_msgs_per_subject", "max_bytes"] as const).filter((limit) => (existing[limit] ?? -1) > 0);
+    if (limits.length > 0) {
+      fatal.push(`${limits.map((limit) => `${limit} is ${existing[limit]}`).join(", ")}: the stream would drop events before consumers read them; only max_age may limit it`);
+    }
+    if (existing.discard === DiscardPolicy.New) fatal.push(`discard is "new": the stream would refuse events once full; use "old" with max_age only`);
     if (existing.storage !== wanted.storage) differences.push(`storage is "${existing.storage}", configured "${wanted.storage}"`);
     if (existing.num_replicas !== wanted.num_replicas) differences.push(`replicas are ${existing.num_replicas}, configured ${wanted.num_replicas}`);
     if (existing.max_age !== wanted.max_age) differences.push(`max age is ${existing.max_age / 1e9} s, configured ${this.config.maxAgeSeconds} s`);
@@ -280,12 +300,13 @@ export class FeedRelay {
       });
       const header = last?.header?.get(FEED_POSITION_HEADER);
       if (last && header) {
+        this.checkOwnMessage(last);
         start = { position: parsePosition(header), streamSeq: lastSeq };
         if (saved && saved.streamSeq > lastSeq) {
           this.log.error(`stream ${this.config.stream} ends at sequence ${lastSeq} but the relay had reached ${saved.streamSeq}: it lost messages; relaying again from its last one`);
         }
       } else if (last) {
-        throw new StreamIncompatibleError(`the last message of stream ${this.config.stream} (sequence ${lastSeq}) has no ${FEED_POSITION_HEADER} header: something else publishes to ${this.subjects}`);
+        throw this.incompatible(`the last message of stream ${this.config.stream} (sequence ${lastSeq}) has no ${FEED_POSITION_HEADER} header: something else publishes to ${this.subjects}`);
       } else if (saved) {
         if (saved.streamSeq !== lastSeq) {
           this.log.error(
@@ -294,13 +315,42 @@ export class FeedRelay {
         }
         start = { position: saved.position, streamSeq: lastSeq };
       } else {
-        throw new StreamIncompatibleError(`the last message of stream ${this.config.stream} is gone and no relay state is saved: cannot tell where to continue`);
+        throw this.incompatible(`the last message of stream ${this.config.stream} is gone and no relay state is saved: cannot tell where to continue`);
       }
     }
     this.log.info({ position: formatPosition(start.position), streamSeq: start.streamSeq }, "relay reconciled with the stream");
     // A stream that went back (recreated, lost messages) takes the saved state back with it.
     await this.save(start, saved !== undefined && saved.streamSeq > start.streamSeq);
     return start;
+  }
+
+  /**
+   * Refuses a stream whose last message was relayed from another database:
+   * positions of one database mean nothing in another, and the advisory
+   * lock and saved state are per database, so two services would take turns
+   * overwriting each other's place. The database is the one that signed the
+   * message's resume token (every version of the relay has set it).
+   */
+  private checkOwnMessage(message: StoredMsg): void {
+    const token = message.header?.get(RESUME_TOKEN_HEADER) ?? "";
+    try {
+      decodeResumeToken(this.identity!, token);
+      return;
+    } catch {
+      const ours = databaseTagOf(this.identity!);
+      const theirs = resumeTokenDatabaseTag(token);
+      const whose = theirs === undefined ? "carries no resume token" : theirs === ours ? "carries a resume token this database did not sign" : `was relayed from database ${theirs}`;
+      throw this.incompatible(
+        `the last message of stream ${this.config.stream} (sequence ${message.seq}) ${whose}, not from this database (${ours}): ` +
+          `two databases' relays share the stream; give each its own NATS_STREAM and NATS_SUBJECT_PREFIX (docs/relay.md)`,
+      );
+    }
+  }
+
+  /** A reason to refuse the stream, listed with its settings' problems in `/readyz`. */
+  private incompatible(problem: string): StreamIncompatibleError {
+    this.reportStreamProblems([...this.state.streamProblems, problem]);
+    return new StreamIncompatibleError(problem);
   }
 
   /**
@@ -343,7 +393,9 @@ export class FeedRelay {
           continue;
         }
         for (const event of events) {
-          if (pending.length >= this.config.maxInFlight) await settleOldest();
+          // The first publish after reconciling goes alone: once it lands, the stream's last message is this
+          // database's, so no other database's relay can land one in between (its publishes expect other sequences).
+          if (pending.length >= (acked === start ? 1 : this.config.maxInFlight)) await settleOldest();
           // Leadership can end while waiting: not one more publish then.
           if (signal.aborted) return;
           pending.push(this.publish(event, nextSeq));
