@@ -158,6 +158,8 @@ export interface FeedConfig {
   checkpointIntervalMs: number;
   /** Most watch streams open at once in this process. */
   maxWatchStreams: number;
+  /** Byte budget of one feed read (a List page), in bytes of stored content and metadata (docs/hardening.md). */
+  readMaxBytes: number;
 }
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
@@ -321,6 +323,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       pollIntervalMs: integer("FEED_POLL_INTERVAL_MS", 50, 5, 60_000),
       checkpointIntervalMs: integer("FEED_CHECKPOINT_INTERVAL_MS", 15_000, 100, 3_600_000),
       maxWatchStreams: integer("FEED_MAX_WATCH_STREAMS", 1_000, 1, 100_000),
+      readMaxBytes: integer("FEED_READ_MAX_BYTES", 512 * 1024, 1024, 256 * 1024 * 1024),
     },
     tls: cert && key ? { cert, key, clientCa } : undefined,
     ingestBatch: {

@@ -49,6 +49,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     pollIntervalMs: config.feed.pollIntervalMs,
     checkpointIntervalMs: config.feed.checkpointIntervalMs,
     maxWatches: config.feed.maxWatchStreams,
+    readMaxBytes: config.feed.readMaxBytes,
   });
   const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   let tracing: Tracing | undefined;

@@ -78,8 +78,15 @@ describe(`the feed's store (${databaseKind})`, () => {
     }
     const page = await readFeed(database.sequelize, { after: null, limit: 2 });
     expect(page.position).toEqual(all[1].position);
+    expect(page.more).toBe(true);
     const empty = await readFeed(database.sequelize, { after: all.at(-1)!.position, limit: 2 });
-    expect(empty).toEqual({ events: [], position: all.at(-1)!.position });
+    expect(empty).toEqual({ events: [], position: all.at(-1)!.position, more: false });
+    // A byte budget ends the read early, after at least one event.
+    const weights = all.map((event) => event.bytes!);
+    const budgeted = await readFeed(database.sequelize, { after: null, limit: 1000, maxBytes: weights[0] + weights[1] + weights[2] - 1 });
+    expect(budgeted.events.map((event) => event.id)).toEqual(all.slice(0, 2).map((event) => event.id));
+    expect(budgeted.more).toBe(true);
+    expect((await readFeed(database.sequelize, { after: null, limit: 1000, maxBytes: 1 })).events.map((event) => event.id)).toEqual([all[0].id]);
     const now = await currentFeedPosition(database.sequelize);
     expect(comparePositions(now, all.at(-1)!.position)).toBeGreaterThan(0);
     expect((await readFeed(database.sequelize, { after: now, limit: 10 })).events).toEqual([]);
@@ -127,7 +134,7 @@ describe(`the feed's store (${databaseKind})`, () => {
     const { events } = await readFeed(database.sequelize, { after: null, limit: 15_000 });
     for (const after of [FEED_START, events.at(-1)!.position]) {
       const [row] = await database.sequelize.query<{ "QUERY PLAN": unknown }>(`EXPLAIN (FORMAT JSON) ${READ_FEED}`, {
-        bind: [after.xid.toString(), after.seq.toString(), 101, null, null, null],
+        bind: [after.xid.toString(), after.seq.toString(), 101, null, null, null, 524288],
         type: QueryTypes.SELECT,
       });
       const plan = JSON.stringify(row["QUERY PLAN"]);

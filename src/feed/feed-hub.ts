@@ -16,6 +16,8 @@ export interface FeedHubOptions {
   maxWatches?: number;
   /** Most recent events kept in memory for watchers that fell a little behind. */
   bufferEvents?: number;
+  /** Byte budget of every feed read this process serves (a List page; see readFeed's `maxBytes`). */
+  readMaxBytes?: number;
 }
 
 /** One item of a watch: an event and the position after it, or a checkpoint (no event) at the current position. */
@@ -51,6 +53,7 @@ export class FeedHub implements FeedNotifier {
   readonly pollIntervalMs: number;
   readonly checkpointIntervalMs: number;
   readonly maxWatches: number;
+  readonly readMaxBytes: number;
   private readonly bufferEvents: number;
 
   private watches = 0;
@@ -75,6 +78,7 @@ export class FeedHub implements FeedNotifier {
     this.checkpointIntervalMs = options.checkpointIntervalMs ?? 15_000;
     this.maxWatches = options.maxWatches ?? 1_000;
     this.bufferEvents = options.bufferEvents ?? 10_000;
+    this.readMaxBytes = options.readMaxBytes ?? 512 * 1024;
   }
 
   /** Watches open in this process. */

@@ -23,6 +23,8 @@ export interface FeedEvent {
   kind: IngestEventKind;
   /** Where this event is in the feed; a consumer that processed it resumes after it. */
   position: FeedPosition;
+  /** What it weighs against a byte budget (EVENT_BYTES), when read by readFeed. */
+  bytes?: number;
 }
 
 export interface ReadFeedOptions {
@@ -30,7 +32,22 @@ export interface ReadFeedOptions {
   after: FeedPosition | null;
   /** The most events to return. */
   limit: number;
+  /**
+   * The most bytes of events to return (EVENT_BYTES, summed): the read ends
+   * early at the event that would pass it, but always returns at least one
+   * event. Absent: no budget.
+   */
+  maxBytes?: number;
   filters?: FeedFilters;
+}
+
+/** What one read returned. */
+export interface FeedPage {
+  events: FeedEvent[];
+  /** The position after the last event returned (`after` when none was). */
+  position: FeedPosition;
+  /** The read stopped at its limit or its byte budget: more events may follow `position` now. */
+  more: boolean;
 }
 
 /**
@@ -46,19 +63,21 @@ export interface ReadFeedOptions {
  * never skips an event that commits later (docs/feed.md). One statement,
  * one index range scan on (feed_xid, feed_seq).
  */
-export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): Promise<{ events: FeedEvent[]; position: FeedPosition }> {
+export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): Promise<FeedPage> {
   const after = options.after ?? FEED_START;
   const filters = options.filters ?? {};
-  const rows = await select<EventRow>(sequelize, READ_FEED, [
+  const rows = await select<EventRow & { bytes: number; found: string }>(sequelize, READ_FEED, [
     after.xid.toString(),
     after.seq.toString(),
     options.limit,
     filters.source ?? null,
     filters.contactId ?? null,
     filters.status ?? null,
+    options.maxBytes ?? null,
   ]);
-  const events = rows.map(toFeedEvent);
-  return { events, position: events.at(-1)?.position ?? after };
+  const events = rows.map((row) => ({ ...toFeedEvent(row), bytes: Number(row.bytes) }));
+  const found = Number(rows[0]?.found ?? 0);
+  return { events, position: events.at(-1)?.position ?? after, more: found === options.limit || events.length < found };
 }
 
 /**
@@ -87,16 +106,38 @@ export async function findFeedEvent(sequelize: Sequelize, id: string): Promise<F
 export const FEED_EVENT_COLUMNS = `id, source, sender_id, content, metadata, external_id, contact_id, status, error, created_at, trace_parent, kind,
   feed_xid::text AS position_xid, feed_seq::text AS position_seq`;
 
-/** The page read; exported so a test can check its plan stays an index range scan. */
+/**
+ * What an event weighs against a read's byte budget: its content and its
+ * metadata in bytes of UTF-8, and a fixed allowance for the other fields
+ * (ids, sender, error, trace; each bounded). Read from the stored sizes
+ * (octet_length of a large value reads its header, not the value), so a
+ * read sends only the events within its budget over the wire. In memory a
+ * string takes at most twice its UTF-8 bytes; as JSON, control characters
+ * take six (docs/hardening.md).
+ */
+const EVENT_BYTES = "octet_length(content) + octet_length(metadata::text) + 4096";
+
+/**
+ * The page read; exported so a test can check its plan stays an index range
+ * scan. `found` is how many events the scan found within the limit; the
+ * page is cut where their running size passes the budget ($7), after the
+ * first event.
+ */
 export const READ_FEED = `
-    SELECT ${FEED_EVENT_COLUMNS} FROM crm_ingest_events
-    WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
-      AND feed_xid < ${FEED_HORIZON}
-      AND ($4::text IS NULL OR source = $4::text)
-      AND ($5::uuid IS NULL OR contact_id = $5::uuid)
-      AND ($6::text IS NULL OR status = $6::text)
-    ORDER BY feed_xid, feed_seq
-    LIMIT $3`;
+    SELECT ${FEED_EVENT_COLUMNS}, bytes, found FROM (
+      SELECT page.*, sum(bytes) OVER w AS running, row_number() OVER w AS n, count(*) OVER () AS found
+      FROM (
+        SELECT *, ${EVENT_BYTES} AS bytes FROM crm_ingest_events
+        WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
+          AND feed_xid < ${FEED_HORIZON}
+          AND ($4::text IS NULL OR source = $4::text)
+          AND ($5::uuid IS NULL OR contact_id = $5::uuid)
+          AND ($6::text IS NULL OR status = $6::text)
+        ORDER BY feed_xid, feed_seq
+        LIMIT $3) page
+      WINDOW w AS (ORDER BY feed_xid, feed_seq)) sized
+    WHERE $7::bigint IS NULL OR running <= $7::bigint OR n = 1
+    ORDER BY feed_xid, feed_seq`;
 
 // The same horizon as READ_FEED's, read without touching the table.
 const HORIZON = `SELECT (${FEED_HORIZON})::text AS horizon`;

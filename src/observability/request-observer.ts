@@ -169,6 +169,9 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
         }
         if (!res.stream) {
           record.code = "ok";
+          // Connect encodes the answer after the handler returned; when that
+          // fails it aborts the call with the error it then answers.
+          req.signal.addEventListener("abort", () => answerFailed(record, req.signal.reason), { once: true });
           return res;
         }
         return { ...res, message: observeStream(res.message, record) };
@@ -178,6 +181,13 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
       }
     },
   };
+}
+
+/** Records an answer Connect could not encode (a message too large for a string, say) as what the client got. */
+function answerFailed(record: RequestRecord, reason: unknown): void {
+  if (!(reason instanceof ConnectError)) return;
+  record.code = codeToString(reason.code);
+  record.log.error({ err: reason.cause ?? reason }, "the answer could not be encoded");
 }
 
 /** The `source` rule of the proto (a lower-case token): anything else is not logged as sent. */

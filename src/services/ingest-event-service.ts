@@ -77,14 +77,15 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
           ? decodeResumeToken(keys, request.resumeToken)
           : FEED_START;
       const pageSize = Math.min(request.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
-      // One more than asked tells whether another page follows.
-      const { events } = await readFeed(sequelize, { after, limit: pageSize + 1, filters });
+      // One more than asked tells whether another page follows; a page also
+      // ends early, with a next token, when it reaches its byte budget.
+      const { events, more } = await readFeed(sequelize, { after, limit: pageSize + 1, maxBytes: feedHub.readMaxBytes, filters });
       const page = events.slice(0, pageSize);
       const position = page.at(-1)?.position ?? after;
       summary(context).events = page.length;
       return {
         ingestEvents: page.map(toIngestEventMessage),
-        nextPageToken: events.length > pageSize ? encodePageToken(keys, position, filters) : "",
+        nextPageToken: more ? encodePageToken(keys, position, filters) : "",
         resumeToken: encodeResumeToken(keys, position),
       };
     },
