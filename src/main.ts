@@ -22,6 +22,8 @@ import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 import { readHorizonStatus } from "./feed/horizon.js";
 import { createFeedRelay, describeNatsUrl } from "./feed/relay/start-relay.js";
+import { readDigestKey } from "./privacy/digest-key.js";
+import { ErasureRunner } from "./privacy/erase-subject.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
@@ -63,7 +65,11 @@ async function main(config: Config, log: Logger): Promise<void> {
     ? createFeedRelay(config.relay, { sequelize: database.sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry })
     : undefined;
   const streams = new OpenStreams(config.serverLimits.maxOpenWatches);
+  const digestKey = await readDigestKey(database.sequelize);
+  const erasures = new ErasureRunner({ sequelize: database.sequelize, digestKey, log, feedNotifier: feedHub });
   const routes = routeTable({
+    digestKey,
+    erasures,
     relay,
     sequelize: database.sequelize,
     defaultPhoneRegion: config.defaultPhoneRegion,
@@ -114,6 +120,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     const cutOff = await server.close(config.shutdownGraceMs);
     if (cutOff > 0) readyLog.warn(`${cutOff} request(s) still running after the grace period were cut off`);
     await relay?.stop();
+    await erasures.close();
     // Connections such requests still hold are not waited for past the grace period.
     await database.close(Math.max(1_000, config.shutdownGraceMs - (Date.now() - started)));
     // Spans still batched are exported before the process ends.
@@ -142,6 +149,8 @@ async function main(config: Config, log: Logger): Promise<void> {
   });
   process.on("unhandledRejection", (reason) => readyLog.error({ err: reason }, "unhandled promise rejection"));
   const address = await listening;
+  // Erasures a stopped process left unfinished continue (on whichever replica looks first).
+  erasures.start();
   // With WORKERS=N the primary says where the service listens, once all workers do.
   readyLog.info(cluster.isPrimary ? `aurora-crm-ingest listening on ${where(address)}` : `worker ${process.pid} ready on ${where(address)}`);
   if (relay && config.relay) {

@@ -23,6 +23,7 @@ import { createIngestEventService } from "./services/ingest-event-service.js";
 import { createIngestService } from "./services/ingest-service.js";
 import { createPrivacyService } from "./services/privacy-service.js";
 import type { PrivacyToken } from "./privacy/token-labels.js";
+import type { ErasureRunner } from "./privacy/erase-subject.js";
 import { createReflectionServices } from "./services/reflection-service.js";
 import type { OpenStreams } from "./services/stream-limits.js";
 import { probeRoutes } from "./transport/http-probes.js";
@@ -62,6 +63,10 @@ export interface RouteDependencies {
   email?: EmailConfig;
   /** Tokens of the privacy API; none or absent: PrivacyService is not served at all. */
   privacyTokens?: readonly PrivacyToken[];
+  /** The database's digest key (readDigestKey): erased messages' retries are recognised by it. */
+  digestKey: Buffer;
+  /** Carries out erasures requested through the privacy API. */
+  erasures: ErasureRunner;
 }
 
 /**

@@ -1,6 +1,19 @@
+import { randomBytes } from "node:crypto";
+import { type JsonObject } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readDigestKey } from "../src/privacy/digest-key.js";
+import { IngestEventKind, IngestEventService, WatchIngestEventsRequest_Start as Start } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
+import { PrivacyRequestKind, PrivacyRequestState, PrivacyService } from "../gen/aurora/crm/v1/privacy_service_pb.js";
+import { createLogger } from "../src/observability/logger.js";
+import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
+import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
+import { openWatch, type OpenWatch } from "./support/feed.js";
+import { rows } from "./support/rows.js";
+import { startTestServer, useTestServer, type TestServer } from "./support/server.js";
+import { waitFor } from "./support/wait.js";
 
 describe(`the digest key (${databaseKind})`, () => {
   let first: TestDatabase;
@@ -18,5 +31,243 @@ describe(`the digest key (${databaseKind})`, () => {
     expect(key.length).toBe(32);
     expect((await readDigestKey(first.sequelize)).equals(key)).toBe(true);
     expect((await readDigestKey(second.sequelize)).equals(key)).toBe(false);
+  });
+});
+
+const ingestToken = randomBytes(24).toString("base64url");
+const feedToken = randomBytes(24).toString("base64url");
+const dpoToken = randomBytes(24).toString("base64url");
+const options = { apiTokens: [ingestToken], feedApiTokens: [feedToken], privacyTokens: [{ label: "dpo", token: dpoToken }], feed: { pollIntervalMs: 20 } };
+const fixture = useTestServer(options);
+
+const bearer =
+  (token: string): Interceptor =>
+  (next) =>
+  (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+const grpc = (server: TestServer, token: string) => createGrpcTransport({ baseUrl: server.baseUrl, interceptors: [bearer(token)] });
+const privacy = (server = fixture.server) => createClient(PrivacyService, grpc(server, dpoToken));
+const feed = (server = fixture.server) => createClient(IngestEventService, grpc(server, feedToken));
+const ingest = (message: { source: string; senderId: string; content: string; externalId?: string; metadata?: JsonObject }, server = fixture.server) =>
+  createClient(IngestService, grpc(server, ingestToken)).ingestMessage(message);
+
+/** A person with a WhatsApp contact (with a deal), an e-mail contact and a web visitor id, each with messages holding `secret`. */
+async function seedPerson(secret: string) {
+  const phone = `55119${randomBytes(4).readUInt32BE() % 10_000_000}`.padEnd(13, "7");
+  const mail = `${secret}@example.com`;
+  const visitor = `visitor-${secret}`;
+  const whatsapp = [];
+  for (let i = 0; i < 3; i++) {
+    whatsapp.push(await ingest({ source: "whatsapp", senderId: phone, content: `oi ${secret} ${i}`, externalId: `wamid.${secret}.${i}`, metadata: { name: secret } }));
+  }
+  const email = await ingest({ source: "email", senderId: mail, content: `mail ${secret}`, externalId: `<${secret}@mail>` });
+  const web = await ingest({ source: "web", senderId: visitor, content: `web ${secret}`, metadata: { page: `/${secret}` } });
+  const contactId = whatsapp[0].contactId;
+  await fixture.database.sequelize.query("UPDATE crm_contacts SET name = $2, phone = $3, metadata = $4::jsonb WHERE id = $1::uuid", {
+    bind: [contactId, `Maria ${secret}`, phone, JSON.stringify({ note: secret })],
+  });
+  await fixture.database.sequelize.query("INSERT INTO crm_deals (contact_id, title) VALUES ($1::uuid, 'Plano anual')", { bind: [contactId] });
+  await fixture.database.sequelize.query("INSERT INTO crm_whatsapp_user_links (user_id, whatsapp_id) VALUES ($1, $2)", { bind: [`BR.${secret}`, phone] });
+  return {
+    phone,
+    mail,
+    visitor,
+    contactId,
+    emailContactId: email.contactId,
+    eventIds: [...whatsapp.map((answer) => answer.eventId), email.eventId, web.eventId],
+    subject: { contactIds: [email.contactId], senders: [{ source: "whatsapp", senderId: phone }, { source: "web", senderId: visitor }] },
+  };
+}
+
+async function eraseAndWait(subject: { contactIds?: string[]; senders?: Array<{ source: string; senderId: string }> }, server = fixture.server) {
+  const { privacyRequest } = await privacy(server).eraseSubjectData({ subject });
+  await server.erasures.idle();
+  return { started: privacyRequest!, done: (await privacy(server).getPrivacyRequest({ id: privacyRequest!.id })).privacyRequest! };
+}
+
+/** Every stored field of an event row, as text. */
+const eventRows = (ids: string[]) =>
+  rows(
+    fixture.database,
+    `SELECT id, source, sender_id, content, metadata, external_id, trace_parent, error, status, kind, contact_id, created_at, feed_xid::text, feed_seq
+     FROM crm_ingest_events WHERE id = ANY($1::uuid[]) ORDER BY feed_seq`,
+    [ids],
+  );
+
+describe(`erasure through the privacy API (${databaseKind})`, () => {
+  it("erases every event of the subject in place, clears the contacts, keeps deals linked, and writes one ERASURE event", async () => {
+    const person = await seedPerson(`s${randomBytes(4).toString("hex")}`);
+    const other = await ingest({ source: "web", senderId: "someone-else", content: "not erased" });
+    const before = await eventRows(person.eventIds);
+    const key = await readDigestKey(fixture.database.sequelize);
+
+    const { started, done } = await eraseAndWait(person.subject);
+    expect(started.kind).toBe(PrivacyRequestKind.ERASURE);
+    expect(done).toMatchObject({ id: started.id, kind: PrivacyRequestKind.ERASURE, state: PrivacyRequestState.DONE, requestedBy: "dpo" });
+    expect(done).toMatchObject({ ingestEvents: 5n, contacts: 2n, deals: 0n, subjectContacts: 1, subjectSenders: 2, subjectSources: ["web", "whatsapp"] });
+    expect(done.erasureEventId).toMatch(/^[0-9a-f-]{36}$/);
+
+    const after = await eventRows(person.eventIds);
+    expect(after.map((row) => row.id)).toEqual(before.map((row) => row.id));
+    for (const [i, row] of after.entries()) {
+      // What stays: id, position, time, source, kind, status, contact.
+      for (const kept of ["source", "status", "kind", "contact_id", "created_at", "feed_xid", "feed_seq"]) expect(row[kept]).toEqual(before[i][kept]);
+      expect(row).toMatchObject({ sender_id: "", content: "", external_id: null, trace_parent: null, error: null });
+      expect(row.metadata).toEqual({ erased: "ERASURE", privacy_request_id: started.id });
+    }
+    const [contact] = await rows(fixture.database, "SELECT name, whatsapp_id, email, phone, metadata FROM crm_contacts WHERE id = $1::uuid", [person.contactId]);
+    expect(contact).toEqual({ name: null, whatsapp_id: null, email: null, phone: null, metadata: {} });
+    expect(await rows(fixture.database, "SELECT email FROM crm_contacts WHERE id = $1::uuid", [person.emailContactId])).toEqual([{ email: null }]);
+    expect(await rows(fixture.database, "SELECT title FROM crm_deals WHERE contact_id = $1::uuid", [person.contactId])).toEqual([{ title: "Plano anual" }]);
+    expect(await rows(fixture.database, "SELECT user_id FROM crm_whatsapp_user_links WHERE whatsapp_id = $1", [person.phone])).toEqual([]);
+    expect(await rows(fixture.database, "SELECT content FROM crm_ingest_events WHERE id = $1::uuid", [other.eventId])).toEqual([{ content: "not erased" }]);
+
+    const [job] = await rows(fixture.database, "SELECT state, subject, stream_tokens, events_erased::int AS events FROM crm_privacy_erasures WHERE request_id = $1::uuid", [
+      started.id,
+    ]);
+    const tokens = [
+      senderStreamToken(key, "whatsapp", person.phone),
+      senderStreamToken(key, "email", person.mail),
+      senderStreamToken(key, "web", person.visitor),
+    ].sort();
+    expect(job).toEqual({ state: "DONE", subject: null, stream_tokens: tokens, events: 5 });
+
+    const [erasure] = await eventRows([done.erasureEventId]);
+    expect(erasure).toMatchObject({ source: "privacy", sender_id: "", content: "", kind: "ERASURE", status: "RECEIVED", contact_id: null, external_id: null });
+    expect(erasure.metadata).toEqual({
+      privacy_request_id: started.id,
+      reason: "ERASURE",
+      events_erased: 5,
+      contacts_cleared: 2,
+      contact_ids: [person.contactId, person.emailContactId].sort(),
+      sender_stream_tokens: tokens,
+    });
+  });
+
+  it("answers a retried request for a subject whose erasure runs with that erasure; nothing is done twice", async () => {
+    const person = await seedPerson(`r${randomBytes(4).toString("hex")}`);
+    const key = await readDigestKey(fixture.database.sequelize);
+    const resolved = { ...person.subject, contactIds: [...person.subject.contactIds, person.contactId] };
+    // Recorded but not yet carried out, as while a long erasure runs.
+    const first = await startErasure(fixture.database.sequelize, key, { requestedBy: "dpo", subject: person.subject, resolved });
+    const reordered = { contactIds: person.subject.contactIds, senders: [...person.subject.senders].reverse() };
+    const { privacyRequest } = await privacy().eraseSubjectData({ subject: reordered });
+    expect(first.started).toBe(true);
+    expect(privacyRequest!.id).toBe(first.requestId);
+    await fixture.server.erasures.idle();
+    const done = (await privacy().getPrivacyRequest({ id: first.requestId })).privacyRequest!;
+    expect(done).toMatchObject({ state: PrivacyRequestState.DONE, ingestEvents: 5n });
+    const erasureEvents = await rows(fixture.database, "SELECT id FROM crm_ingest_events WHERE kind = 'ERASURE' AND metadata->>'privacy_request_id' = $1", [first.requestId]);
+    expect(erasureEvents).toHaveLength(1);
+  });
+
+  it("continues a job stopped between batches on another runner, counting each event once", async () => {
+    const person = await seedPerson(`c${randomBytes(4).toString("hex")}`);
+    const key = await readDigestKey(fixture.database.sequelize);
+    const resolved = { ...person.subject, contactIds: [...person.subject.contactIds, person.contactId] };
+    const { requestId } = await startErasure(fixture.database.sequelize, key, { requestedBy: "dpo", subject: person.subject, resolved });
+    const log = createLogger({ level: "silent" });
+    const stopped = new ErasureRunner({ sequelize: fixture.database.sequelize, digestKey: key, log, batchRows: 2 });
+    expect(await stopped.step(requestId)).toBe("more");
+    expect(await stopped.step(requestId)).toBe("more");
+    const [partial] = await rows(fixture.database, "SELECT events_erased::int AS events FROM crm_privacy_erasures WHERE request_id = $1::uuid", [requestId]);
+    expect(partial.events).toBeGreaterThan(0);
+    expect(partial.events).toBeLessThan(5);
+
+    const next = new ErasureRunner({ sequelize: fixture.database.sequelize, digestKey: key, log, batchRows: 2 });
+    next.wake();
+    await next.idle();
+    const done = (await privacy().getPrivacyRequest({ id: requestId })).privacyRequest!;
+    expect(done).toMatchObject({ state: PrivacyRequestState.DONE, ingestEvents: 5n, contacts: 2n });
+    expect((await eventRows(person.eventIds)).every((row) => row.sender_id === "" && row.content === "")).toBe(true);
+  });
+
+  it("refuses an unknown request id with not_found and a malformed one with invalid_argument", async () => {
+    const missing = await privacy()
+      .getPrivacyRequest({ id: "00000000-0000-4000-8000-000000000000" })
+      .catch((error: unknown) => ConnectError.from(error));
+    expect((missing as ConnectError).code).toBe(Code.NotFound);
+    const bad = await privacy()
+      .getPrivacyRequest({ id: "nope" })
+      .catch((error: unknown) => ConnectError.from(error));
+    expect((bad as ConnectError).code).toBe(Code.InvalidArgument);
+    const empty = await privacy()
+      .eraseSubjectData({ subject: {} })
+      .catch((error: unknown) => ConnectError.from(error));
+    expect((empty as ConnectError).code).toBe(Code.InvalidArgument);
+  });
+});
+
+describe(`what readers see after an erasure, on every replica (${databaseKind})`, () => {
+  let replica: TestServer;
+  const watches: OpenWatch[] = [];
+  beforeAll(async () => {
+    replica = await startTestServer(fixture.database, options);
+  });
+  afterAll(async () => {
+    for (const watch of watches) watch.cancel();
+    await replica?.erasures.close();
+    await replica?.server.close();
+  });
+
+  it("Get, List and Watch return the events erased on both replicas, buffered copies included, and carry the ERASURE event", async () => {
+    const secret = `w${randomBytes(4).toString("hex")}`;
+    // Each replica's hub buffers what follows: a watch from now on each.
+    const live = [fixture.server, replica].map((server) => openWatch(feed(server), { start: Start.NOW }));
+    watches.push(...live);
+    await waitFor(() => live.every((watch) => watch.responses.length > 0));
+    const startTokens = live.map((watch) => watch.lastToken());
+    const person = await seedPerson(secret);
+    await waitFor(() => live.every((watch) => person.eventIds.every((id) => watch.ids().includes(id))));
+
+    // Erased through the other replica: this one learns of it only from the database.
+    const { done } = await eraseAndWait(person.subject, replica);
+    await waitFor(() => live.every((watch) => watch.ids().includes(done.erasureEventId)));
+    const erasureEvent = live[0].responses.find((response) => response.ingestEvent?.id === done.erasureEventId)!.ingestEvent!;
+    expect(erasureEvent.kind).toBe(IngestEventKind.ERASURE);
+    expect(erasureEvent.metadata).toMatchObject({ privacy_request_id: done.id, events_erased: 5 });
+
+    for (const [i, server] of [fixture.server, replica].entries()) {
+      // A consumer resuming from before the erased events (inside the buffer) reads them erased.
+      const resumed = openWatch(feed(server), { resumeToken: startTokens[i] });
+      watches.push(resumed);
+      await waitFor(() => resumed.ids().includes(done.erasureEventId));
+      resumed.cancel();
+      const seen = resumed.responses.flatMap((response) => (response.ingestEvent ? [response.ingestEvent] : []));
+      expect(seen.map((event) => event.id)).toEqual([...person.eventIds, done.erasureEventId]);
+      for (const event of seen.slice(0, -1)) {
+        expect(event).toMatchObject({ senderId: "", content: "", metadata: { erased: "ERASURE" } });
+        expect(event.externalId || undefined).toBeUndefined();
+      }
+
+      const got = await feed(server).getIngestEvent({ id: person.eventIds[0] });
+      expect(got.ingestEvent).toMatchObject({ senderId: "", content: "" });
+      expect(got.ingestEvent!.externalId || undefined).toBeUndefined();
+      const listed = await feed(server).listIngestEvents({ pageSize: 1000 });
+      const text = JSON.stringify(listed.ingestEvents.map((event) => [event.senderId, event.content, event.metadata, event.externalId]));
+      expect(text).not.toContain(secret);
+    }
+  });
+});
+
+describe(`no return by retry (${databaseKind})`, () => {
+  it("answers a provider's retry of an erased message as a duplicate of the erased event, and stores nothing", async () => {
+    const person = await seedPerson(`d${randomBytes(4).toString("hex")}`);
+    await eraseAndWait(person.subject);
+    const count = async () => Number((await rows(fixture.database, "SELECT count(*)::int AS n FROM crm_ingest_events"))[0].n);
+    const before = await count();
+    const secret = person.mail.split("@")[0];
+    const retry = await ingest({ source: "whatsapp", senderId: person.phone, content: `oi ${secret} 0`, externalId: `wamid.${secret}.0` });
+    expect(retry).toMatchObject({ duplicate: true, eventId: person.eventIds[0], contactId: person.contactId });
+    // The content cannot be compared any more: any message under the erased key is a duplicate.
+    const reused = await ingest({ source: "email", senderId: person.mail, content: "other", externalId: `<${secret}@mail>` });
+    expect(reused).toMatchObject({ duplicate: true, eventId: person.eventIds[3] });
+    expect(await count()).toBe(before);
+    expect(await rows(fixture.database, "SELECT id FROM crm_ingest_events WHERE content LIKE $1 OR sender_id = $2", [`%${secret}%`, person.phone])).toEqual([]);
+    // The same external id on another source is another message.
+    const elsewhere = await ingest({ source: "web", senderId: "v", content: "x", externalId: `wamid.${secret}.0` });
+    expect(elsewhere.duplicate).toBe(false);
   });
 });

@@ -269,6 +269,7 @@ export class FeedHub implements FeedNotifier {
   }
 
   private append(events: FeedEvent[], tail: FeedPosition): void {
+    if (events.some((event) => event.kind === "ERASURE")) return this.forgetErased(tail);
     this.buffer.push(...events);
     this.tail = tail;
     // Trimmed in steps of half the buffer, not on every append.
@@ -277,6 +278,20 @@ export class FeedHub implements FeedNotifier {
       this.bufferStart = this.buffer[excess - 1].position;
       this.buffer = this.buffer.slice(excess);
     }
+    for (const wake of [...this.waiters]) wake();
+  }
+
+  /**
+   * An erasure changed events this hub may hold (docs/privacy.md): the buffer
+   * restarts empty after the page that brought the ERASURE event, so every
+   * watcher behind it reads those events again from the database, erased,
+   * and the messages converted per event object go with the old objects.
+   * Every replica's poll reads the same ERASURE event, so each forgets its
+   * copies, with no other channel between replicas.
+   */
+  private forgetErased(tail: FeedPosition): void {
+    this.buffer = [];
+    this.tail = this.bufferStart = tail;
     for (const wake of [...this.waiters]) wake();
   }
 }

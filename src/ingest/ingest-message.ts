@@ -9,6 +9,7 @@ import { metadataJson } from "./metadata-json.js";
 import { cachedSenderIdentity, type IdentityOptions } from "./identity/sender-identity.js";
 import { IngestBatcher, type BatcherOptions } from "./ingest-batcher.js";
 import { createBatchTracer } from "./batch-span.js";
+import { externalIdDigest } from "../privacy/digest-key.js";
 
 /** What the command works with: the database, the identity rules' settings and how messages are batched. */
 export interface IngestDependencies extends IdentityOptions {
@@ -19,6 +20,12 @@ export interface IngestDependencies extends IdentityOptions {
   feedNotifier?: FeedNotifier;
   /** OpenTelemetry tracing: one database span per batch write. Absent: no tracing code runs. */
   tracing?: Tracing;
+  /**
+   * The database's digest key (readDigestKey): a message whose (source,
+   * external_id) digest an erasure kept is answered as a duplicate and
+   * stores nothing. Absent: no message is checked (tests of other things).
+   */
+  digestKey?: Buffer;
 }
 
 /** One inbound message, as the RPC handler hands it over (already validated). */
@@ -65,6 +72,8 @@ export type IngestMessage = (input: IngestMessageInput, signal?: AbortSignal) =>
 /** A message with its identity resolved, ready to be written in a batch. */
 interface PendingEvent {
   input: IngestMessageInput;
+  /** The keyed digest of (source, external_id), when there is an external_id and a key. */
+  digest: string | null;
   whatsappId: string | null;
   email: string | null;
   status: IngestEventStatus;
@@ -86,6 +95,7 @@ export function createIngestMessage(dependencies: IngestDependencies): IngestMes
   const write = traced
     ? (events: PendingEvent[]) => traced(events.map((event) => event.input.trace), (span) => storeEvents(sequelize, events, span))
     : (events: PendingEvent[]) => storeEvents(sequelize, events);
+  const { digestKey } = dependencies;
   // Once a batch committed, the feed's watchers in this process are woken at once.
   const store = async (events: PendingEvent[]) => {
     const results = await write(events);
@@ -103,6 +113,7 @@ export function createIngestMessage(dependencies: IngestDependencies): IngestMes
     return batcher.submit(
       {
         input,
+        digest: digestKey && input.externalId !== null ? externalIdDigest(digestKey, input.source, input.externalId) : null,
         whatsappId: key?.column === "whatsapp_id" ? key.value : null,
         email: key?.column === "email" ? key.value : null,
         status: identity.kind === "contact" ? "LINKED" : identity.kind === "invalid" ? "ERROR" : "RECEIVED",
@@ -163,6 +174,8 @@ interface BatchRow {
   /** The status stored: LINKED becomes RECEIVED for an event of another kind whose sender has no contact. */
   status: IngestEventStatus | null;
   created: boolean;
+  /** The erased event this message's external_id digest names: a retry of it, which stored nothing. */
+  erased_id: string | null;
 }
 
 async function writeBatch(
@@ -184,14 +197,20 @@ async function writeBatch(
       column((e) => e.error),
       column((e) => e.input.traceParent ?? null),
       column((e) => e.input.kind ?? "MESSAGE"),
+      column((e) => e.digest),
     ],
     transaction,
     type: QueryTypes.SELECT,
   });
   const results: Array<IngestMessageResult | Error | undefined> = new Array(events.length);
   const repeats: number[] = [];
+  const erased = new Map<number, string>();
   for (const row of rows) {
     const i = row.n - 1;
+    if (row.erased_id !== null) {
+      erased.set(i, row.erased_id);
+      continue;
+    }
     if (row.event_id === null) {
       repeats.push(i);
       continue;
@@ -222,6 +241,17 @@ async function writeBatch(
         : new Error(`event with source ${input.source} and a conflicting external_id could not be read`);
     }
   }
+  if (erased.size > 0) {
+    // A retry of an erased message: answered as a duplicate with the erased event's ids, so the provider stops.
+    const originals = await IngestEvent.findAll({ attributes: ["id", "contactId", "status", "error"], where: { id: [...new Set(erased.values())] }, transaction });
+    const byId = new Map(originals.map((original) => [original.id, original]));
+    for (const [i, id] of erased) {
+      const original = byId.get(id);
+      results[i] = original
+        ? { eventId: id, contactId: original.contactId, contactCreated: false, status: original.status, error: original.error, duplicate: true }
+        : new Error("an erased event could not be read");
+    }
+  }
   return results.map((result) => result ?? new Error("the batch statement returned no row for a message"));
 }
 
@@ -242,6 +272,9 @@ const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]
  * - `new_contact`: one new id per key not found, however many messages of the
  *   batch carry it. Only inbound messages (kind MESSAGE) create contacts; an
  *   event of another kind whose sender has none is stored RECEIVED.
+ * - `erased_id`: a message whose (source, external_id) digest an erasure
+ *   kept (the digest computed in Node with the database's key) is a retry
+ *   of an erased message: it stores nothing and is answered as a duplicate.
  * - `event`: every event, inserted in (source, external_id) order (so
  *   concurrent batches take the index's locks in the same order) with
  *   ON CONFLICT DO NOTHING: a repeated external_id, in the table or earlier
@@ -256,11 +289,12 @@ const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]
  */
 export const STORE_EVENTS = `
   WITH message AS MATERIALIZED (
-    SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, trace_parent, kind, n)
+    SELECT m.*, coalesce(by_whatsapp.id, by_email.id) AS existing_id, gen_random_uuid() AS event_id, erased.event_id AS erased_id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+      WITH ORDINALITY AS m(source, sender_id, content, metadata, external_id, whatsapp_id, email, status, error, trace_parent, kind, digest, n)
     LEFT JOIN crm_contacts by_whatsapp ON by_whatsapp.whatsapp_id = m.whatsapp_id
     LEFT JOIN crm_contacts by_email ON by_email.email = m.email
+    LEFT JOIN crm_privacy_erased_ids erased ON erased.digest = m.digest
   ), new_contact AS MATERIALIZED (
     SELECT whatsapp_id, email, gen_random_uuid() AS id
     FROM (SELECT DISTINCT whatsapp_id, email FROM message WHERE existing_id IS NULL AND status = 'LINKED' AND kind = 'MESSAGE') k
@@ -276,7 +310,7 @@ export const STORE_EVENTS = `
     INSERT INTO crm_ingest_events (id, source, sender_id, content, metadata, external_id, contact_id, status, error, trace_parent, kind)
     SELECT event_id, source, sender_id, content, metadata::jsonb, external_id, contact_id,
       CASE WHEN status = 'LINKED' AND contact_id IS NULL THEN 'RECEIVED' ELSE status END, error, trace_parent, kind
-    FROM resolved ORDER BY source, external_id, n
+    FROM resolved WHERE erased_id IS NULL ORDER BY source, external_id, n
     ON CONFLICT (source, external_id) DO NOTHING
     RETURNING id, contact_id, status
   ), created AS (
@@ -286,7 +320,7 @@ export const STORE_EVENTS = `
     ORDER BY whatsapp_id, email
     RETURNING id
   )
-  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id, event.status,
+  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id, event.status, resolved.erased_id,
     coalesce(created.id IS NOT NULL AND resolved.n = min(resolved.n) OVER (PARTITION BY event.contact_id), false) AS created
   FROM resolved
   LEFT JOIN event ON event.id = resolved.event_id

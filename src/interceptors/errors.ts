@@ -3,7 +3,7 @@ import { ConnectionError, DatabaseError } from "sequelize";
 import { DuplicateConflictError, isDataError } from "../ingest/errors.js";
 import { requestLoggerKey, type Logger } from "../observability/logger.js";
 import { FeedClosedError, FeedWatchLimitError, IngestEventNotFoundError, InvalidFeedTokenError } from "../feed/errors.js";
-import { InvalidAuditPageTokenError } from "../privacy/errors.js";
+import { InvalidAuditPageTokenError, PrivacyRequestNotFoundError } from "../privacy/errors.js";
 
 /** The database did not answer a request within the configured time. */
 export class DatabaseTimeoutError extends Error {
@@ -22,7 +22,7 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof ConnectError) return error;
   if (error instanceof DuplicateConflictError) return new ConnectError(error.message, Code.AlreadyExists);
   if (error instanceof InvalidFeedTokenError || error instanceof InvalidAuditPageTokenError) return new ConnectError(error.message, Code.InvalidArgument);
-  if (error instanceof IngestEventNotFoundError) return new ConnectError(error.message, Code.NotFound);
+  if (error instanceof IngestEventNotFoundError || error instanceof PrivacyRequestNotFoundError) return new ConnectError(error.message, Code.NotFound);
   if (error instanceof FeedWatchLimitError) return new ConnectError(error.message, Code.ResourceExhausted);
   if (error instanceof FeedClosedError) return new ConnectError(error.message, Code.Unavailable);
   if (isDataError(error)) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);

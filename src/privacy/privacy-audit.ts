@@ -24,6 +24,8 @@ export interface PrivacyAuditRecord extends PrivacyCounts {
   finishedAt: Date | null;
   durationMs: number | null;
   errorCode: string | null;
+  /** The ERASURE event an erasure or retention run wrote when it was done; null otherwise. */
+  erasureEventId: string | null;
 }
 
 /**
@@ -70,9 +72,7 @@ export async function listPrivacyRequests(
 ): Promise<{ records: PrivacyAuditRecord[]; nextPageToken: string }> {
   const after = page.token ? decodeToken(page.token) : { at: null, id: null };
   const rows = await sequelize.query<AuditRow>(
-    `SELECT id, kind, state, requested_by, subject_contacts, subject_senders, subject_sources, contacts, deals, ingest_events,
-       started_at, finished_at, duration_ms, error_code, started_at::text AS key_at
-     FROM crm_privacy_requests
+    `${SELECT_RECORDS}
      WHERE $1::timestamptz IS NULL OR (started_at, id) < ($1::timestamptz, $2::uuid)
      ORDER BY started_at DESC, id DESC
      LIMIT $3`,
@@ -85,6 +85,18 @@ export async function listPrivacyRequests(
     nextPageToken: rows.length > page.size && last ? Buffer.from(`${last.key_at}|${last.id}`).toString("base64url") : "",
   };
 }
+
+/** One record of the audit trail, or undefined when there is none with that id. */
+export async function getPrivacyRequest(sequelize: Sequelize, id: string): Promise<PrivacyAuditRecord | undefined> {
+  const [row] = await sequelize.query<AuditRow>(`${SELECT_RECORDS} WHERE id = $1::uuid`, { bind: [id], type: QueryTypes.SELECT });
+  return row && toRecord(row);
+}
+
+const SELECT_RECORDS = `
+    SELECT id, kind, state, requested_by, subject_contacts, subject_senders, subject_sources, contacts, deals, ingest_events,
+      started_at, finished_at, duration_ms, error_code, started_at::text AS key_at,
+      (SELECT erasure_event_id FROM crm_privacy_erasures WHERE request_id = id) AS erasure_event_id
+    FROM crm_privacy_requests`;
 
 function decodeToken(token: string): { at: string; id: string } {
   const match = /^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,6})?[+-]\d\d(?::\d\d)?)\|([0-9a-f-]{36})$/.exec(Buffer.from(token, "base64url").toString("utf8"));
@@ -108,6 +120,7 @@ interface AuditRow {
   duration_ms: string | null;
   error_code: string | null;
   key_at: string;
+  erasure_event_id: string | null;
 }
 
 function toRecord(row: AuditRow): PrivacyAuditRecord {
@@ -126,5 +139,6 @@ function toRecord(row: AuditRow): PrivacyAuditRecord {
     finishedAt: row.finished_at,
     durationMs: row.duration_ms === null ? null : Number(row.duration_ms),
     errorCode: row.error_code,
+    erasureEventId: row.erasure_event_id,
   };
 }

@@ -14,8 +14,10 @@ import {
 import { toIngestEventMessage } from "../feed/ingest-event-message.js";
 import type { IdentityOptions } from "../ingest/identity/sender-identity.js";
 import { exportSubject, resolveSubject, type ContactRecord, type DealRecord } from "../privacy/export-subject.js";
-import { finishPrivacyRequest, listPrivacyRequests, startPrivacyRequest, type PrivacyAuditRecord, type PrivacyCounts } from "../privacy/privacy-audit.js";
+import { finishPrivacyRequest, getPrivacyRequest, listPrivacyRequests, startPrivacyRequest, type PrivacyAuditRecord, type PrivacyCounts } from "../privacy/privacy-audit.js";
 import type { PrivacySubject } from "../privacy/privacy-subject.js";
+import { startErasure, type ErasureRunner } from "../privacy/erase-subject.js";
+import { PrivacyRequestNotFoundError } from "../privacy/errors.js";
 import { createRequesterLabel, type PrivacyToken } from "../privacy/token-labels.js";
 import type { OpenStreams } from "./stream-limits.js";
 
@@ -24,22 +26,28 @@ export interface PrivacyDependencies extends IdentityOptions {
   sequelize: Sequelize;
   streams: OpenStreams;
   privacyTokens: readonly PrivacyToken[];
+  /** The database's digest key (readDigestKey), which names an erasure's subject without naming the person. */
+  digestKey: Buffer;
+  /** Carries out erasures in the background; woken when one is recorded. */
+  erasures: ErasureRunner;
 }
 
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 
-/** The PrivacyService handlers: map the request to the export or the audit trail, and the results back. */
+/** The PrivacyService handlers: map the request to the export, the erasure or the audit trail, and the results back. */
 export function createPrivacyService(dependencies: PrivacyDependencies): ServiceImpl<typeof PrivacyService> {
   const { sequelize, streams } = dependencies;
   const requesterOf = createRequesterLabel(dependencies.privacyTokens);
+  const readRecord = async (id: string) => {
+    const record = await getPrivacyRequest(sequelize, id);
+    if (!record) throw new PrivacyRequestNotFoundError(id);
+    return record;
+  };
 
   return {
     async *exportSubjectData(request, context) {
-      const subject: PrivacySubject = {
-        contactIds: request.subject?.contactIds ?? [],
-        senders: (request.subject?.senders ?? []).map(({ source, senderId }) => ({ source, senderId })),
-      };
+      const subject = subjectOf(request);
       const signal = streams.open(context.signal);
       const requestId = await startPrivacyRequest(sequelize, { kind: "EXPORT", requestedBy: requesterOf(context.requestHeader.get("authorization")), subject });
       const counts: PrivacyCounts = { contacts: 0, deals: 0, ingestEvents: 0 };
@@ -78,6 +86,19 @@ export function createPrivacyService(dependencies: PrivacyDependencies): Service
       }
     },
 
+    async eraseSubjectData(request, context) {
+      const subject = subjectOf(request);
+      const resolved = await resolveSubject(sequelize, subject, dependencies);
+      const requestedBy = requesterOf(context.requestHeader.get("authorization"));
+      const { requestId } = await startErasure(sequelize, dependencies.digestKey, { requestedBy, subject, resolved });
+      dependencies.erasures.wake();
+      return { privacyRequest: toPrivacyRequestMessage(await readRecord(requestId)) };
+    },
+
+    async getPrivacyRequest(request) {
+      return { privacyRequest: toPrivacyRequestMessage(await readRecord(request.id)) };
+    },
+
     async listPrivacyRequests(request) {
       const size = Math.min(request.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
       const page = await listPrivacyRequests(sequelize, { size, token: request.pageToken });
@@ -86,11 +107,17 @@ export function createPrivacyService(dependencies: PrivacyDependencies): Service
   };
 }
 
+function subjectOf(request: { subject?: { contactIds: string[]; senders: Array<{ source: string; senderId: string }> } }): PrivacySubject {
+  return {
+    contactIds: request.subject?.contactIds ?? [],
+    senders: (request.subject?.senders ?? []).map(({ source, senderId }) => ({ source, senderId })),
+  };
+}
+
 const KIND_TO_PROTO: Record<PrivacyAuditRecord["kind"], PrivacyRequestKind> = {
   EXPORT: PrivacyRequestKind.EXPORT,
-  // Recorded by later kinds of request; listed as unspecified until the contract names them.
-  ERASURE: PrivacyRequestKind.UNSPECIFIED,
-  RETENTION: PrivacyRequestKind.UNSPECIFIED,
+  ERASURE: PrivacyRequestKind.ERASURE,
+  RETENTION: PrivacyRequestKind.RETENTION,
 };
 
 const STATE_TO_PROTO: Record<PrivacyAuditRecord["state"], PrivacyRequestState> = {
@@ -141,5 +168,6 @@ function toPrivacyRequestMessage(record: PrivacyAuditRecord) {
     finishedAt: record.finishedAt ? timestampFromDate(record.finishedAt) : undefined,
     durationMs: BigInt(record.durationMs ?? 0),
     errorCode: record.errorCode ?? "",
+    erasureEventId: record.erasureEventId ?? "",
   });
 }

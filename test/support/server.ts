@@ -10,6 +10,8 @@ import type { PhoneRegion } from "../../src/ingest/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
 import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
 import { buildServer, type IngestServer, type ServerOptions } from "../../src/transport/server.js";
+import { readDigestKey } from "../../src/privacy/digest-key.js";
+import { ErasureRunner } from "../../src/privacy/erase-subject.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */
@@ -19,6 +21,8 @@ export interface TestServer {
   health: DatabaseHealth;
   feedHub: FeedHub;
   metrics: Metrics;
+  /** Carries out the erasures this server records (idle() waits for them). */
+  erasures: ErasureRunner;
   /** Every line the server logged (at every level), parsed, in order. */
   logLines: Array<Record<string, any>>;
   /** The raw text the server logged, for "never appears" assertions. */
@@ -34,6 +38,7 @@ export type TestServerOptions = {
   feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents" | "readMaxBytes">;
   apiTokens?: string[];
   feedApiTokens?: string[];
+  erasures?: { batchRows?: number };
 } & Pick<ServerOptions, "tls" | "requestTimeoutMs" | "serverLimits" | "corsAllowedOrigins" | "tracing"> &
   Pick<RouteDependencies, "ingestBatch" | "extraRoutes" | "whatsapp" | "evolution" | "email" | "privacyTokens" | "relay">;
 
@@ -49,6 +54,7 @@ export function useTestServer(options: TestServerOptions = {}): { database: Test
     context.server = await startTestServer(context.database, options);
   });
   afterAll(async () => {
+    await context.server?.erasures.close();
     await context.server?.server.close();
     await context.database?.close();
   });
@@ -72,7 +78,11 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
   const feedHub = new FeedHub({ sequelize: database.sequelize, log, ...options.feed });
   const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   const streams = new OpenStreams({ ...defaultServerLimits, ...options.serverLimits }.maxOpenWatches);
+  const digestKey = await readDigestKey(database.sequelize);
+  const erasures = new ErasureRunner({ sequelize: database.sequelize, digestKey, log, feedNotifier: feedHub, ...options.erasures });
   const routes = routeTable({
+    digestKey,
+    erasures,
     sequelize: database.sequelize,
     defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
     health,
@@ -113,6 +123,7 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     health,
     feedHub,
     metrics,
+    erasures,
     logLines,
     logText: () => raw.join(""),
     get loggedErrors() {

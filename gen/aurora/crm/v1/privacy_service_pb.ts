@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file aurora/crm/v1/privacy_service.proto.
  */
 export const file_aurora_crm_v1_privacy_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNhdXJvcmEvY3JtL3YxL3ByaXZhY3lfc2VydmljZS5wcm90bxINYXVyb3JhLmNybS52MSLsAQoOUHJpdmFjeVN1YmplY3QSJgoLY29udGFjdF9pZHMYASADKAlCEbpIDpIBCxBkGAEiBXIDsAEBEjcKB3NlbmRlcnMYAiADKAsyHC5hdXJvcmEuY3JtLnYxLlByaXZhY3lTZW5kZXJCCLpIBZIBAhBkOnm6SHYadAoZcHJpdmFjeV9zdWJqZWN0Lm5vdF9lbXB0eRImbmFtZSBhdCBsZWFzdCBvbmUgY29udGFjdF9pZCBvciBzZW5kZXIaL3NpemUodGhpcy5jb250YWN0X2lkcykgKyBzaXplKHRoaXMuc2VuZGVycykgPiAwImMKDVByaXZhY3lTZW5kZXISMQoGc291cmNlGAEgASgJQiG6SB7IAQFyGTIXXlthLXpdW2EtejAtOV8tXXswLDMxfSQSHwoJc2VuZGVyX2lkGAIgASgJQgy6SAnIAQFyBBiAgAQiUgoYRXhwb3J0U3ViamVjdERhdGFSZXF1ZXN0EjYKB3N1YmplY3QYASABKAsyHS5hdXJvcmEuY3JtLnYxLlByaXZhY3lTdWJqZWN0Qga6SAPIAQEi2AEKGUV4cG9ydFN1YmplY3REYXRhUmVzcG9uc2USKQoHY29udGFjdBgBIAEoCzIWLmF1cm9yYS5jcm0udjEuQ29udGFjdEgAEiMKBGRlYWwYAiABKAsyEy5hdXJvcmEuY3JtLnYxLkRlYWxIABIyCgxpbmdlc3RfZXZlbnQYAyABKAsyGi5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50SAASLwoHc3VtbWFyeRgEIAEoCzIcLmF1cm9yYS5jcm0udjEuRXhwb3J0U3VtbWFyeUgAQgYKBGl0ZW0i4QEKB0NvbnRhY3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgt3aGF0c2FwcF9pZBgDIAEoCRINCgVlbWFpbBgEIAEoCRINCgVwaG9uZRgFIAEoCRIpCghtZXRhZGF0YRgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi3gEKBERlYWwSCgoCaWQYASABKAkSEgoKY29udGFjdF9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRINCgVzdGFnZRgEIAEoCRINCgV2YWx1ZRgFIAEoCRIpCghtZXRhZGF0YRgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwoNRXhwb3J0U3VtbWFyeRISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGNvbnRhY3RzGAIgASgDEg0KBWRlYWxzGAMgASgDEhUKDWluZ2VzdF9ldmVudHMYBCABKAMipAMKDlByaXZhY3lSZXF1ZXN0EgoKAmlkGAEgASgJEi8KBGtpbmQYAiABKA4yIS5hdXJvcmEuY3JtLnYxLlByaXZhY3lSZXF1ZXN0S2luZBIxCgVzdGF0ZRgDIAEoDjIiLmF1cm9yYS5jcm0udjEuUHJpdmFjeVJlcXVlc3RTdGF0ZRIUCgxyZXF1ZXN0ZWRfYnkYBCABKAkSGAoQc3ViamVjdF9jb250YWN0cxgFIAEoBRIXCg9zdWJqZWN0X3NlbmRlcnMYBiABKAUSFwoPc3ViamVjdF9zb3VyY2VzGAcgAygJEhAKCGNvbnRhY3RzGAggASgDEg0KBWRlYWxzGAkgASgDEhUKDWluZ2VzdF9ldmVudHMYCiABKAMSLgoKc3RhcnRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGA0gASgDEhIKCmVycm9yX2NvZGUYDiABKAkiTAoaTGlzdFByaXZhY3lSZXF1ZXN0c1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgFQge6SAQaAigAEhIKCnBhZ2VfdG9rZW4YAiABKAkibwobTGlzdFByaXZhY3lSZXF1ZXN0c1Jlc3BvbnNlEjcKEHByaXZhY3lfcmVxdWVzdHMYASADKAsyHS5hdXJvcmEuY3JtLnYxLlByaXZhY3lSZXF1ZXN0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpbChJQcml2YWN5UmVxdWVzdEtpbmQSJAogUFJJVkFDWV9SRVFVRVNUX0tJTkRfVU5TUEVDSUZJRUQQABIfChtQUklWQUNZX1JFUVVFU1RfS0lORF9FWFBPUlQQASqhAQoTUHJpdmFjeVJlcXVlc3RTdGF0ZRIlCiFQUklWQUNZX1JFUVVFU1RfU1RBVEVfVU5TUEVDSUZJRUQQABIhCh1QUklWQUNZX1JFUVVFU1RfU1RBVEVfUlVOTklORxABEh4KGlBSSVZBQ1lfUkVRVUVTVF9TVEFURV9ET05FEAISIAocUFJJVkFDWV9SRVFVRVNUX1NUQVRFX0ZBSUxFRBADMugBCg5Qcml2YWN5U2VydmljZRJoChFFeHBvcnRTdWJqZWN0RGF0YRInLmF1cm9yYS5jcm0udjEuRXhwb3J0U3ViamVjdERhdGFSZXF1ZXN0GiguYXVyb3JhLmNybS52MS5FeHBvcnRTdWJqZWN0RGF0YVJlc3BvbnNlMAESbAoTTGlzdFByaXZhY3lSZXF1ZXN0cxIpLmF1cm9yYS5jcm0udjEuTGlzdFByaXZhY3lSZXF1ZXN0c1JlcXVlc3QaKi5hdXJvcmEuY3JtLnYxLkxpc3RQcml2YWN5UmVxdWVzdHNSZXNwb25zZWIGcHJvdG8z", [file_aurora_crm_v1_ingest_event_service, file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiNhdXJvcmEvY3JtL3YxL3ByaXZhY3lfc2VydmljZS5wcm90bxINYXVyb3JhLmNybS52MSLsAQoOUHJpdmFjeVN1YmplY3QSJgoLY29udGFjdF9pZHMYASADKAlCEbpIDpIBCxBkGAEiBXIDsAEBEjcKB3NlbmRlcnMYAiADKAsyHC5hdXJvcmEuY3JtLnYxLlByaXZhY3lTZW5kZXJCCLpIBZIBAhBkOnm6SHYadAoZcHJpdmFjeV9zdWJqZWN0Lm5vdF9lbXB0eRImbmFtZSBhdCBsZWFzdCBvbmUgY29udGFjdF9pZCBvciBzZW5kZXIaL3NpemUodGhpcy5jb250YWN0X2lkcykgKyBzaXplKHRoaXMuc2VuZGVycykgPiAwImMKDVByaXZhY3lTZW5kZXISMQoGc291cmNlGAEgASgJQiG6SB7IAQFyGTIXXlthLXpdW2EtejAtOV8tXXswLDMxfSQSHwoJc2VuZGVyX2lkGAIgASgJQgy6SAnIAQFyBBiAgAQiUgoYRXhwb3J0U3ViamVjdERhdGFSZXF1ZXN0EjYKB3N1YmplY3QYASABKAsyHS5hdXJvcmEuY3JtLnYxLlByaXZhY3lTdWJqZWN0Qga6SAPIAQEi2AEKGUV4cG9ydFN1YmplY3REYXRhUmVzcG9uc2USKQoHY29udGFjdBgBIAEoCzIWLmF1cm9yYS5jcm0udjEuQ29udGFjdEgAEiMKBGRlYWwYAiABKAsyEy5hdXJvcmEuY3JtLnYxLkRlYWxIABIyCgxpbmdlc3RfZXZlbnQYAyABKAsyGi5hdXJvcmEuY3JtLnYxLkluZ2VzdEV2ZW50SAASLwoHc3VtbWFyeRgEIAEoCzIcLmF1cm9yYS5jcm0udjEuRXhwb3J0U3VtbWFyeUgAQgYKBGl0ZW0i4QEKB0NvbnRhY3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgt3aGF0c2FwcF9pZBgDIAEoCRINCgVlbWFpbBgEIAEoCRINCgVwaG9uZRgFIAEoCRIpCghtZXRhZGF0YRgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi3gEKBERlYWwSCgoCaWQYASABKAkSEgoKY29udGFjdF9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRINCgVzdGFnZRgEIAEoCRINCgV2YWx1ZRgFIAEoCRIpCghtZXRhZGF0YRgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwoNRXhwb3J0U3VtbWFyeRISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGNvbnRhY3RzGAIgASgDEg0KBWRlYWxzGAMgASgDEhUKDWluZ2VzdF9ldmVudHMYBCABKAMivgMKDlByaXZhY3lSZXF1ZXN0EgoKAmlkGAEgASgJEi8KBGtpbmQYAiABKA4yIS5hdXJvcmEuY3JtLnYxLlByaXZhY3lSZXF1ZXN0S2luZBIxCgVzdGF0ZRgDIAEoDjIiLmF1cm9yYS5jcm0udjEuUHJpdmFjeVJlcXVlc3RTdGF0ZRIUCgxyZXF1ZXN0ZWRfYnkYBCABKAkSGAoQc3ViamVjdF9jb250YWN0cxgFIAEoBRIXCg9zdWJqZWN0X3NlbmRlcnMYBiABKAUSFwoPc3ViamVjdF9zb3VyY2VzGAcgAygJEhAKCGNvbnRhY3RzGAggASgDEg0KBWRlYWxzGAkgASgDEhUKDWluZ2VzdF9ldmVudHMYCiABKAMSLgoKc3RhcnRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGA0gASgDEhIKCmVycm9yX2NvZGUYDiABKAkSGAoQZXJhc3VyZV9ldmVudF9pZBgPIAEoCSJMChpMaXN0UHJpdmFjeVJlcXVlc3RzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKAVCB7pIBBoCKAASEgoKcGFnZV90b2tlbhgCIAEoCSJvChtMaXN0UHJpdmFjeVJlcXVlc3RzUmVzcG9uc2USNwoQcHJpdmFjeV9yZXF1ZXN0cxgBIAMoCzIdLmF1cm9yYS5jcm0udjEuUHJpdmFjeVJlcXVlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlEKF0VyYXNlU3ViamVjdERhdGFSZXF1ZXN0EjYKB3N1YmplY3QYASABKAsyHS5hdXJvcmEuY3JtLnYxLlByaXZhY3lTdWJqZWN0Qga6SAPIAQEiUgoYRXJhc2VTdWJqZWN0RGF0YVJlc3BvbnNlEjYKD3ByaXZhY3lfcmVxdWVzdBgBIAEoCzIdLmF1cm9yYS5jcm0udjEuUHJpdmFjeVJlcXVlc3QiMAoYR2V0UHJpdmFjeVJlcXVlc3RSZXF1ZXN0EhQKAmlkGAEgASgJQgi6SAVyA7ABASJTChlHZXRQcml2YWN5UmVxdWVzdFJlc3BvbnNlEjYKD3ByaXZhY3lfcmVxdWVzdBgBIAEoCzIdLmF1cm9yYS5jcm0udjEuUHJpdmFjeVJlcXVlc3QqoQEKElByaXZhY3lSZXF1ZXN0S2luZBIkCiBQUklWQUNZX1JFUVVFU1RfS0lORF9VTlNQRUNJRklFRBAAEh8KG1BSSVZBQ1lfUkVRVUVTVF9LSU5EX0VYUE9SVBABEiAKHFBSSVZBQ1lfUkVRVUVTVF9LSU5EX0VSQVNVUkUQAhIiCh5QUklWQUNZX1JFUVVFU1RfS0lORF9SRVRFTlRJT04QAyqhAQoTUHJpdmFjeVJlcXVlc3RTdGF0ZRIlCiFQUklWQUNZX1JFUVVFU1RfU1RBVEVfVU5TUEVDSUZJRUQQABIhCh1QUklWQUNZX1JFUVVFU1RfU1RBVEVfUlVOTklORxABEh4KGlBSSVZBQ1lfUkVRVUVTVF9TVEFURV9ET05FEAISIAocUFJJVkFDWV9SRVFVRVNUX1NUQVRFX0ZBSUxFRBADMrUDCg5Qcml2YWN5U2VydmljZRJoChFFeHBvcnRTdWJqZWN0RGF0YRInLmF1cm9yYS5jcm0udjEuRXhwb3J0U3ViamVjdERhdGFSZXF1ZXN0GiguYXVyb3JhLmNybS52MS5FeHBvcnRTdWJqZWN0RGF0YVJlc3BvbnNlMAESbAoTTGlzdFByaXZhY3lSZXF1ZXN0cxIpLmF1cm9yYS5jcm0udjEuTGlzdFByaXZhY3lSZXF1ZXN0c1JlcXVlc3QaKi5hdXJvcmEuY3JtLnYxLkxpc3RQcml2YWN5UmVxdWVzdHNSZXNwb25zZRJjChBFcmFzZVN1YmplY3REYXRhEiYuYXVyb3JhLmNybS52MS5FcmFzZVN1YmplY3REYXRhUmVxdWVzdBonLmF1cm9yYS5jcm0udjEuRXJhc2VTdWJqZWN0RGF0YVJlc3BvbnNlEmYKEUdldFByaXZhY3lSZXF1ZXN0EicuYXVyb3JhLmNybS52MS5HZXRQcml2YWN5UmVxdWVzdFJlcXVlc3QaKC5hdXJvcmEuY3JtLnYxLkdldFByaXZhY3lSZXF1ZXN0UmVzcG9uc2ViBnByb3RvMw", [file_aurora_crm_v1_ingest_event_service, file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * PrivacySubject is a person as the operator identifies them: their contacts,
@@ -398,21 +398,22 @@ export type PrivacyRequest = Message<"aurora.crm.v1.PrivacyRequest"> & {
   subjectSources: string[];
 
   /**
-   * Contacts found (and exported).
+   * Contacts found (and exported), or cleared by an erasure.
    *
    * @generated from field: int64 contacts = 8;
    */
   contacts: bigint;
 
   /**
-   * Deals found (and exported).
+   * Deals found (and exported); an erasure keeps deals and counts none.
    *
    * @generated from field: int64 deals = 9;
    */
   deals: bigint;
 
   /**
-   * Events found (and exported).
+   * Events found (and exported), or erased so far by an erasure or a
+   * retention run.
    *
    * @generated from field: int64 ingest_events = 10;
    */
@@ -446,6 +447,14 @@ export type PrivacyRequest = Message<"aurora.crm.v1.PrivacyRequest"> & {
    * @generated from field: string error_code = 14;
    */
   errorCode: string;
+
+  /**
+   * For an erasure or a retention run that is done: the id (a UUID) of the
+   * ERASURE event it wrote to the feed; empty otherwise.
+   *
+   * @generated from field: string erasure_event_id = 15;
+   */
+  erasureEventId: string;
 };
 
 /**
@@ -514,6 +523,91 @@ export const ListPrivacyRequestsResponseSchema: GenMessage<ListPrivacyRequestsRe
   messageDesc(file_aurora_crm_v1_privacy_service, 9);
 
 /**
+ * EraseSubjectDataRequest names the person whose data is erased.
+ *
+ * @generated from message aurora.crm.v1.EraseSubjectDataRequest
+ */
+export type EraseSubjectDataRequest = Message<"aurora.crm.v1.EraseSubjectDataRequest"> & {
+  /**
+   * The person, named as for an export.
+   *
+   * @generated from field: aurora.crm.v1.PrivacySubject subject = 1;
+   */
+  subject?: PrivacySubject | undefined;
+};
+
+/**
+ * Describes the message aurora.crm.v1.EraseSubjectDataRequest.
+ * Use `create(EraseSubjectDataRequestSchema)` to create a new message.
+ */
+export const EraseSubjectDataRequestSchema: GenMessage<EraseSubjectDataRequest> = /*@__PURE__*/
+  messageDesc(file_aurora_crm_v1_privacy_service, 10);
+
+/**
+ * EraseSubjectDataResponse is the erasure's audit record as it starts (or,
+ * for a subject whose erasure already runs, as it stands).
+ *
+ * @generated from message aurora.crm.v1.EraseSubjectDataResponse
+ */
+export type EraseSubjectDataResponse = Message<"aurora.crm.v1.EraseSubjectDataResponse"> & {
+  /**
+   * The record; its id is what GetPrivacyRequest reads.
+   *
+   * @generated from field: aurora.crm.v1.PrivacyRequest privacy_request = 1;
+   */
+  privacyRequest?: PrivacyRequest | undefined;
+};
+
+/**
+ * Describes the message aurora.crm.v1.EraseSubjectDataResponse.
+ * Use `create(EraseSubjectDataResponseSchema)` to create a new message.
+ */
+export const EraseSubjectDataResponseSchema: GenMessage<EraseSubjectDataResponse> = /*@__PURE__*/
+  messageDesc(file_aurora_crm_v1_privacy_service, 11);
+
+/**
+ * GetPrivacyRequestRequest names one record of the audit trail.
+ *
+ * @generated from message aurora.crm.v1.GetPrivacyRequestRequest
+ */
+export type GetPrivacyRequestRequest = Message<"aurora.crm.v1.GetPrivacyRequestRequest"> & {
+  /**
+   * The record's id, a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message aurora.crm.v1.GetPrivacyRequestRequest.
+ * Use `create(GetPrivacyRequestRequestSchema)` to create a new message.
+ */
+export const GetPrivacyRequestRequestSchema: GenMessage<GetPrivacyRequestRequest> = /*@__PURE__*/
+  messageDesc(file_aurora_crm_v1_privacy_service, 12);
+
+/**
+ * GetPrivacyRequestResponse is the record asked for.
+ *
+ * @generated from message aurora.crm.v1.GetPrivacyRequestResponse
+ */
+export type GetPrivacyRequestResponse = Message<"aurora.crm.v1.GetPrivacyRequestResponse"> & {
+  /**
+   * The record.
+   *
+   * @generated from field: aurora.crm.v1.PrivacyRequest privacy_request = 1;
+   */
+  privacyRequest?: PrivacyRequest | undefined;
+};
+
+/**
+ * Describes the message aurora.crm.v1.GetPrivacyRequestResponse.
+ * Use `create(GetPrivacyRequestResponseSchema)` to create a new message.
+ */
+export const GetPrivacyRequestResponseSchema: GenMessage<GetPrivacyRequestResponse> = /*@__PURE__*/
+  messageDesc(file_aurora_crm_v1_privacy_service, 13);
+
+/**
  * PrivacyRequestKind is what a privacy request asked for.
  *
  * @generated from enum aurora.crm.v1.PrivacyRequestKind
@@ -532,6 +626,21 @@ export enum PrivacyRequestKind {
    * @generated from enum value: PRIVACY_REQUEST_KIND_EXPORT = 1;
    */
   EXPORT = 1,
+
+  /**
+   * Erasure of everything stored about a person (Art. 18 IV and VI).
+   *
+   * @generated from enum value: PRIVACY_REQUEST_KIND_ERASURE = 2;
+   */
+  ERASURE = 2,
+
+  /**
+   * A retention run: the content of events older than the configured
+   * retention erased (docs/privacy.md, "Retention").
+   *
+   * @generated from enum value: PRIVACY_REQUEST_KIND_RETENTION = 3;
+   */
+  RETENTION = 3,
 }
 
 /**
@@ -624,6 +733,37 @@ export const PrivacyService: GenService<{
     methodKind: "unary";
     input: typeof ListPrivacyRequestsRequestSchema;
     output: typeof ListPrivacyRequestsResponseSchema;
+  },
+  /**
+   * EraseSubjectData erases everything stored about one person (Art. 18 IV
+   * and VI): every event of the subject keeps its id, position, time,
+   * source, kind and status, and loses its content, sender id, metadata,
+   * error text, trace context and external id; the person's contacts keep
+   * their rows (and deals) but lose their name, WhatsApp id, e-mail, phone
+   * and metadata. It answers at once with the request's audit record
+   * (RUNNING) while the erasure goes on in short transactions; read its
+   * progress with GetPrivacyRequest. When every event is erased, one event
+   * of kind ERASURE, with no personal data, tells the feed's readers. The
+   * same subject asked again while its erasure runs gets that erasure's
+   * record back; nothing is done twice.
+   *
+   * @generated from rpc aurora.crm.v1.PrivacyService.EraseSubjectData
+   */
+  eraseSubjectData: {
+    methodKind: "unary";
+    input: typeof EraseSubjectDataRequestSchema;
+    output: typeof EraseSubjectDataResponseSchema;
+  },
+  /**
+   * GetPrivacyRequest reads one record of the audit trail, such as a running
+   * erasure's progress.
+   *
+   * @generated from rpc aurora.crm.v1.PrivacyService.GetPrivacyRequest
+   */
+  getPrivacyRequest: {
+    methodKind: "unary";
+    input: typeof GetPrivacyRequestRequestSchema;
+    output: typeof GetPrivacyRequestResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_aurora_crm_v1_privacy_service, 0);
