@@ -260,7 +260,7 @@ async function writeBatch(
  * column, one entry per message. A new column is one type here, one `$n` in
  * the statement and one `column(...)` in `writeBatch`.
  */
-const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"];
+const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"];
 
 /**
  * One statement for a whole batch; its inputs are parallel arrays, one entry
@@ -320,8 +320,9 @@ export const STORE_EVENTS = `
     ORDER BY whatsapp_id, email
     RETURNING id
   )
-  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id, event.status, resolved.erased_id,
-    coalesce(created.id IS NOT NULL AND resolved.n = min(resolved.n) OVER (PARTITION BY event.contact_id), false) AS created
+  SELECT resolved.n::int AS n, event.id AS event_id, event.contact_id, event.status,
+    coalesce(created.id IS NOT NULL AND resolved.n = min(resolved.n) OVER (PARTITION BY event.contact_id), false) AS created,
+    resolved.erased_id
   FROM resolved
   LEFT JOIN event ON event.id = resolved.event_id
   LEFT JOIN created ON created.id = event.contact_id`;
@@ -344,7 +345,7 @@ export const STORE_EVENTS = `
  */
 const STORE_EVENTS_FUNCTION = `
   CREATE OR REPLACE FUNCTION pg_temp.aurora_store_events(${STORE_EVENTS_PARAMETERS.join(", ")})
-  RETURNS TABLE (n int, event_id uuid, contact_id uuid, status text, created boolean)
+  RETURNS TABLE (n int, event_id uuid, contact_id uuid, status text, created boolean, erased_id uuid)
   LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $function$
   #variable_conflict use_column
   BEGIN
