@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import path from "node:path";
 import { pino } from "pino";
+import { z } from "zod";
 import { isPhoneRegion, type PhoneRegion } from "./ingest/identity/phone-number.js";
 import type { PrivacyToken } from "./privacy/token-labels.js";
 
@@ -195,251 +196,390 @@ export class ConfigError extends Error {
   }
 }
 
-/**
- * Reads and validates the environment. Collects every problem before failing,
- * so an operator fixes them all in one go instead of one per restart.
- */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const problems: string[] = [];
+// Each variable's parser: unset and empty (`NAME=` in .env.example) take the
+// default. A bad value adds an issue and parses as its default, so the checks
+// across variables still run and every problem is listed in one go.
+type Issues = z.core.$RefinementCtx;
 
-  const integer = (name: string, fallback: number, min: number, max: number): number => {
-    const raw = env[name];
-    if (raw === undefined || raw === "") return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      problems.push(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
+const text = (fallback = "") => z.string().optional().transform((raw) => raw || fallback);
+
+const integer = (fallback: number, min: number, max: number) =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (raw === undefined || raw === "") return fallback;
+      const value = Number(raw);
+      if (Number.isInteger(value) && value >= min && value <= max) return value;
+      ctx.addIssue({ code: "custom", message: `must be an integer from ${min} to ${max}, got "${raw}"` });
       return fallback;
-    }
-    return value;
-  };
+    });
 
-  const databaseUrl = env.DATABASE_URL || undefined;
-  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
-    problems.push("DATABASE_URL must start with postgres:// or postgresql://");
-  }
-
-  const defaultPhoneRegion = (env.DEFAULT_PHONE_REGION || "BR").toUpperCase();
-  if (!isPhoneRegion(defaultPhoneRegion)) {
-    problems.push(`DEFAULT_PHONE_REGION must be a two-letter region code such as BR or PT, got "${env.DEFAULT_PHONE_REGION}"`);
-  }
-  const oneOf = <T extends string>(name: string, fallback: T, allowed: readonly T[]): T => {
-    const raw = env[name];
-    if (raw === undefined || raw === "") return fallback;
-    if (!(allowed as readonly string[]).includes(raw)) {
-      problems.push(`${name} must be one of ${allowed.join(", ")}, got "${raw}"`);
+const oneOf = <const T extends string>(fallback: T, allowed: readonly T[]) =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx): T => {
+      if (raw === undefined || raw === "") return fallback;
+      if ((allowed as readonly string[]).includes(raw)) return raw as T;
+      ctx.addIssue({ code: "custom", message: `must be one of ${allowed.join(", ")}, got "${raw}"` });
       return fallback;
-    }
-    return raw as T;
-  };
-
-  const file = (name: string): Buffer | undefined => {
-    const filePath = env[name];
-    if (!filePath) return undefined;
-    try {
-      return readFileSync(filePath);
-    } catch (error) {
-      problems.push(`${name} names a file that cannot be read (${(error as NodeJS.ErrnoException).code ?? "error"}): ${filePath}`);
-      return undefined;
-    }
-  };
-
-  // Comma- or line-separated; `#` starts a comment line in the file.
-  const tokens = (name: string, label: string): string[] => {
-    const fromFile = file(`${name}_FILE`);
-    const list = [env[name] ?? "", fromFile?.toString("utf8") ?? ""]
-      .flatMap((text) => text.split(/[,\n]/))
-      .map((token) => token.trim())
-      .filter((token) => token !== "" && !token.startsWith("#"));
-    if ((env[name] || fromFile) && list.length === 0) problems.push(`${name} / ${name}_FILE is set but holds no token`);
-    // Named by position only: a token must never reach a log.
-    list.forEach((token, i) => {
-      if (token.length < 16 || /\s/.test(token)) problems.push(`${label} #${i + 1} must be at least 16 characters with no spaces`);
     });
-    return list;
-  };
-  const apiTokens = tokens("INGEST_API_TOKENS", "API token");
-  const feedApiTokens = tokens("FEED_API_TOKENS", "feed API token");
-  // The privacy API: a scope of its own, and only behind authentication everywhere (docs/privacy.md).
-  const privacyTokens = privacyTokenList(tokens("PRIVACY_API_TOKENS", "privacy API token"), problems);
-  if (privacyTokens.length > 0) {
-    if (apiTokens.length === 0) problems.push("PRIVACY_API_TOKENS needs INGEST_API_TOKENS: the privacy API is served only when every route needs a token");
-    privacyTokens.forEach(({ token }, i) => {
-      if (apiTokens.includes(token) || feedApiTokens.includes(token)) {
-        problems.push(`privacy API token #${i + 1} is also an ingest or feed token: a privacy token may do nothing else`);
-      }
-    });
-  }
 
-  const allowUnauthenticated = oneOf("ALLOW_UNAUTHENTICATED", "false", ["true", "false"] as const);
-  const host = env.HOST || "127.0.0.1";
-  if (!isLoopback(host) && apiTokens.length + feedApiTokens.length === 0 && allowUnauthenticated !== "true") {
-    problems.push(
-      `HOST=${host} is reachable from other machines but no API tokens are configured: set INGEST_API_TOKENS=<token>[,<token>...] ` +
-        "or INGEST_API_TOKENS_FILE=<file with one token per line> (clients then send `Authorization: Bearer <token>`), " +
-        "or set ALLOW_UNAUTHENTICATED=true to serve without authentication",
-    );
+/** The contents of the file a variable names; undefined when unset or unreadable (an issue then says why). */
+function readNamedFile(filePath: string | undefined, ctx: Issues): Buffer | undefined {
+  if (!filePath) return undefined;
+  try {
+    return readFileSync(filePath);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: `names a file that cannot be read (${(error as NodeJS.ErrnoException).code ?? "error"}): ${filePath}` });
+    return undefined;
   }
-
-  const [cert, key, clientCa] = [file("TLS_CERT_FILE"), file("TLS_KEY_FILE"), file("TLS_CLIENT_CA_FILE")];
-  if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) problems.push("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
-  if (env.TLS_CLIENT_CA_FILE && !env.TLS_CERT_FILE) problems.push("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE");
-
-  // Origins as browsers send them: scheme, host and port only, no path.
-  const corsAllowedOrigins = (env.CORS_ALLOWED_ORIGINS ?? "")
-    .split(",")
-    .map((origin) => origin.trim())
-    .filter((origin) => origin !== "");
-  for (const origin of corsAllowedOrigins) {
-    if (origin !== "*" && !isWebOrigin(origin)) {
-      problems.push(`CORS_ALLOWED_ORIGINS must list origins such as https://app.example.com (scheme, host, optional port; no path) or *, got "${origin}"`);
-    }
-  }
-  const tracing = tracingConfig(env, problems);
-
-  const config: Config = {
-    host,
-    port: integer("PORT", 8000, 0, 65535),
-    databaseUrl,
-    embeddedDataDir: path.resolve(env.EMBEDDED_DATA_DIR || "data/pglite"),
-    databasePoolMax: integer("DATABASE_POOL_MAX", 10, 1, 1000),
-    defaultPhoneRegion: defaultPhoneRegion as PhoneRegion,
-    logLevel: oneOf("LOG_LEVEL", "info", [...Object.keys(pino.levels.values), "silent"]),
-    logFormat: oneOf("LOG_FORMAT", "auto", ["auto", "json", "pretty"] as const),
-    limits: {
-      requestMaxBytes: integer("MAX_REQUEST_BYTES", defaultInputLimits.requestMaxBytes, 1024, 64 * 1024 * 1024),
-      senderIdMaxChars: integer("MAX_SENDER_ID_CHARS", defaultInputLimits.senderIdMaxChars, 1, 65536),
-      externalIdMaxChars: integer("MAX_EXTERNAL_ID_CHARS", defaultInputLimits.externalIdMaxChars, 1, 65536),
-      contentMaxBytes: integer("MAX_CONTENT_BYTES", defaultInputLimits.contentMaxBytes, 1, 64 * 1024 * 1024),
-      metadataMaxBytes: integer("MAX_METADATA_BYTES", defaultInputLimits.metadataMaxBytes, 2, 64 * 1024 * 1024),
-      // Bounded so that walking the metadata can never exhaust the stack.
-      metadataMaxDepth: integer("MAX_METADATA_DEPTH", defaultInputLimits.metadataMaxDepth, 1, 100),
-    },
-    databaseTimeoutMs: integer("DATABASE_TIMEOUT_MS", 5_000, 100, 600_000),
-    shutdownGraceMs: integer("SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),
-    apiTokens,
-    feedApiTokens,
-    privacyTokens,
-    feed: {
-      pollIntervalMs: integer("FEED_POLL_INTERVAL_MS", 50, 5, 60_000),
-      checkpointIntervalMs: integer("FEED_CHECKPOINT_INTERVAL_MS", 15_000, 100, 3_600_000),
-      maxWatchStreams: integer("FEED_MAX_WATCH_STREAMS", 1_000, 1, 100_000),
-      readMaxBytes: integer("FEED_READ_MAX_BYTES", 512 * 1024, 1024, 256 * 1024 * 1024),
-    },
-    tls: cert && key ? { cert, key, clientCa } : undefined,
-    ingestBatch: {
-      maxBatch: integer("INGEST_BATCH_MAX", 64, 1, 10_000),
-      maxInFlight: integer("INGEST_BATCHES_IN_FLIGHT", 2, 1, 1000),
-    },
-    workers: integer("WORKERS", 1, 1, 64),
-    serverLimits: {
-      maxConnections: integer("MAX_CONNECTIONS", defaultServerLimits.maxConnections, 1, 1_000_000),
-      http2MaxConcurrentStreams: integer("HTTP2_MAX_CONCURRENT_STREAMS", defaultServerLimits.http2MaxConcurrentStreams, 1, 10_000),
-      http2MaxSessionMemoryMb: integer("HTTP2_MAX_SESSION_MEMORY_MB", defaultServerLimits.http2MaxSessionMemoryMb, 1, 1_024),
-      http2IdleTimeoutMs: integer("HTTP2_IDLE_TIMEOUT_MS", defaultServerLimits.http2IdleTimeoutMs, 100, 86_400_000),
-      requestBodyTimeoutMs: integer("REQUEST_BODY_TIMEOUT_MS", defaultServerLimits.requestBodyTimeoutMs, 100, 3_600_000),
-      maxOpenWatches: integer("MAX_OPEN_WATCHES", defaultServerLimits.maxOpenWatches, 0, 1_000_000),
-    },
-    corsAllowedOrigins,
-    tracing,
-    relay: undefined,
-    whatsapp: undefined,
-    evolution: undefined,
-    // Channels: Evolution API and inbound e-mail (docs/channels.md). Keys
-    // come from VAR or VAR_FILE, comma- or line-separated: several while rotating.
-    email: {
-      maxBytes: integer("EMAIL_MAX_BYTES", 10 * 1024 * 1024, 64 * 1024, 100 * 1024 * 1024),
-      mailgunSigningKeys: tokens("MAILGUN_SIGNING_KEYS", "Mailgun signing key"),
-    },
-  };
-  const evolution: EvolutionWebhookConfig = {
-    jwtKeys: tokens("EVOLUTION_JWT_KEYS", "Evolution JWT key"),
-    maxBodyBytes: integer("EVOLUTION_MAX_BODY_BYTES", 8 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
-  };
-  if (evolution.jwtKeys.length > 0) config.evolution = evolution;
-  // Read whether or not NATS_URL is set, so every variable is checked (and listed in .env.example).
-  const relay: RelayConfig = {
-    natsUrl: env.NATS_URL ?? "",
-    stream: env.NATS_STREAM || "AURORA_INGEST_EVENTS",
-    subjectPrefix: env.NATS_SUBJECT_PREFIX || "aurora.crm.v1.ingest_events",
-    storage: oneOf("NATS_STREAM_STORAGE", "file", ["file", "memory"] as const),
-    replicas: integer("NATS_STREAM_REPLICAS", 1, 1, 5),
-    maxAgeSeconds: integer("NATS_STREAM_MAX_AGE_SECONDS", 7 * 24 * 3600, 0, 100 * 365 * 24 * 3600),
-    duplicateWindowSeconds: integer("NATS_STREAM_DUPLICATE_WINDOW_SECONDS", 120, 1, 7 * 24 * 3600),
-    encoding: oneOf("RELAY_ENCODING", "binary", ["binary", "json"] as const),
-    leaderRetryMs: integer("RELAY_LEADER_RETRY_MS", 1_000, 50, 60_000),
-    batchSize: integer("RELAY_BATCH_SIZE", 500, 1, 10_000),
-    maxInFlight: integer("RELAY_MAX_IN_FLIGHT", 2_000, 1, 100_000),
-    ackTimeoutMs: integer("RELAY_ACK_TIMEOUT_MS", 5_000, 100, 600_000),
-    pollMs: integer("RELAY_POLL_MS", 50, 5, 60_000),
-  };
-  if (relay.natsUrl !== "") config.relay = relay;
-  if (config.relay) {
-    const names = /^[A-Za-z0-9_-]+$/;
-    if (!names.test(config.relay.stream)) problems.push(`NATS_STREAM must be letters, digits, _ or -, got "${config.relay.stream}"`);
-    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(config.relay.subjectPrefix)) {
-      problems.push(`NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, _ or - (no wildcards), got "${config.relay.subjectPrefix}"`);
-    }
-    if (config.relay.maxAgeSeconds > 0 && config.relay.duplicateWindowSeconds > config.relay.maxAgeSeconds) {
-      problems.push("NATS_STREAM_DUPLICATE_WINDOW_SECONDS must not exceed NATS_STREAM_MAX_AGE_SECONDS");
-    }
-    for (const url of config.relay.natsUrl.split(",")) {
-      if (!/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.trim())) problems.push("NATS_URL must be nats://host:port (several: comma-separated)");
-    }
-  }
-
-  // Provider webhooks: each route is served once all its secrets are set
-  // (VAR or VAR_FILE, comma- or line-separated: several while rotating).
-  const whatsapp: WhatsappWebhookConfig = {
-    appSecrets: tokens("WHATSAPP_APP_SECRETS", "WhatsApp app secret"),
-    verifyTokens: tokens("WHATSAPP_VERIFY_TOKENS", "WhatsApp verify token"),
-    maxBodyBytes: integer("WHATSAPP_MAX_BODY_BYTES", 4 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
-  };
-  if (whatsapp.appSecrets.length > 0 && whatsapp.verifyTokens.length > 0) config.whatsapp = whatsapp;
-  else if (whatsapp.appSecrets.length + whatsapp.verifyTokens.length > 0) {
-    problems.push("WHATSAPP_APP_SECRETS and WHATSAPP_VERIFY_TOKENS (or their _FILE forms) must be set together");
-  }
-  if (config.workers > 1 && databaseUrl === undefined) {
-    problems.push("WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
-  }
-  if (problems.length > 0) throw new ConfigError(problems);
-  return config;
 }
 
+/** A variable naming a file whose contents are read at start-up. */
+const file = () => z.string().optional().transform(readNamedFile);
+
 /**
- * Tracing is on when an OTLP endpoint is set, unless the standard switches
- * turn it off (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`). Only
- * OTLP over HTTP is built in: a collector's gRPC port (4317) is refused here
- * rather than failing on every export.
+ * Secrets, comma- or line-separated; `#` starts a comment line. Bad entries
+ * are named by position only: a secret must never reach a log.
  */
-function tracingConfig(env: NodeJS.ProcessEnv, problems: string[]): TracingConfig | undefined {
-  const endpoints = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"].filter((name) => env[name]);
-  for (const name of endpoints) {
-    if (!/^https?:\/\/[^/]/.test(env[name]!)) problems.push(`${name} must be an http:// or https:// URL, got "${env[name]}"`);
-  }
-  const disabled = env.OTEL_SDK_DISABLED?.trim().toLowerCase();
-  if (disabled && disabled !== "true" && disabled !== "false") problems.push(`OTEL_SDK_DISABLED must be true or false, got "${env.OTEL_SDK_DISABLED}"`);
-  const exporter = env.OTEL_TRACES_EXPORTER?.trim().toLowerCase() || "otlp";
-  if (exporter !== "otlp" && exporter !== "none") problems.push(`OTEL_TRACES_EXPORTER must be otlp or none, got "${env.OTEL_TRACES_EXPORTER}"`);
-  const protocolVariable = env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ? "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" : "OTEL_EXPORTER_OTLP_PROTOCOL";
-  const protocol = env[protocolVariable] || "http/protobuf";
-  if (protocol !== "http/protobuf" && protocol !== "http/json") {
-    problems.push(`${protocolVariable} must be http/protobuf or http/json (OTLP over HTTP, a collector's port 4318), got "${protocol}"`);
-  }
-  if (endpoints.length === 0 || disabled === "true" || exporter === "none") return undefined;
-  return { protocol: protocol === "http/json" ? "http/json" : "http/protobuf" };
+function secretEntries(text: string, ctx: Issues): string[] {
+  const list = text
+    .split(/[,\n]/)
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== "" && !entry.startsWith("#"));
+  if (text.trim() !== "" && list.length === 0) ctx.addIssue({ code: "custom", message: "is set but holds no token" });
+  list.forEach((entry, i) => {
+    if (entry.length < 16 || /\s/.test(entry)) ctx.addIssue({ code: "custom", message: `entry #${i + 1} must be at least 16 characters with no spaces` });
+  });
+  return list;
 }
+
+/** A list of secrets given in the variable itself. */
+const secrets = () =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => secretEntries(raw ?? "", ctx));
+
+/** A list of secrets in the file the variable names, one a line. */
+const secretsFile = () =>
+  z
+    .string()
+    .optional()
+    .transform((filePath, ctx) => secretEntries(readNamedFile(filePath, ctx)?.toString("utf8") ?? "", ctx));
 
 /**
  * Privacy tokens with their audit labels: `label:token` names a token, a
  * plain token is named by its fingerprint in the audit trail. The token
  * itself, without its label, must be at least 16 characters.
  */
-function privacyTokenList(entries: string[], problems: string[]): PrivacyToken[] {
+function privacyTokenList(entries: string[], ctx: Issues): PrivacyToken[] {
   return entries.map((entry, i) => {
     const match = /^([A-Za-z0-9._-]{1,64}):(\S+)$/.exec(entry);
-    if (match && match[2].length < 16) problems.push(`privacy API token #${i + 1} must be at least 16 characters after its label`);
+    if (match && match[2].length < 16) ctx.addIssue({ code: "custom", message: `entry #${i + 1} must be at least 16 characters after its label` });
     return match ? { label: match[1], token: match[2] } : { token: entry };
   });
+}
+
+const otlpEndpoint = () =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (raw && !/^https?:\/\/[^/]/.test(raw)) ctx.addIssue({ code: "custom", message: `must be an http:// or https:// URL, got "${raw}"` });
+      return raw || undefined;
+    });
+
+/** One of two words, in any case and with spaces around, as the OpenTelemetry SDK reads its switches. */
+const otelSwitch = (fallback: string, [one, other]: [string, string]) =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      const value = raw?.trim().toLowerCase() || fallback;
+      if (value !== one && value !== other) ctx.addIssue({ code: "custom", message: `must be ${one} or ${other}, got "${raw}"` });
+      return value;
+    });
+
+/**
+ * Every variable the service reads, in the order of `.env.example` (which
+ * documents each; a test holds the two to the same names). The OpenTelemetry
+ * SDK reads its other standard `OTEL_*` variables itself. A new variable: its
+ * line here, its default in `.env.example`, its field set in `toConfig`.
+ */
+export const environment = z.object({
+  HOST: text("127.0.0.1"),
+  PORT: integer(8000, 0, 65535),
+  DATABASE_URL: z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (raw && !/^postgres(ql)?:\/\//.test(raw)) ctx.addIssue({ code: "custom", message: "must start with postgres:// or postgresql://" });
+      return raw || undefined;
+    }),
+  EMBEDDED_DATA_DIR: text("data/pglite").transform((dir) => path.resolve(dir)),
+  DATABASE_POOL_MAX: integer(10, 1, 1000),
+  INGEST_BATCH_MAX: integer(64, 1, 10_000),
+  INGEST_BATCHES_IN_FLIGHT: integer(2, 1, 1000),
+  WORKERS: integer(1, 1, 64),
+  DEFAULT_PHONE_REGION: z
+    .string()
+    .optional()
+    .transform((raw, ctx): PhoneRegion => {
+      const region = (raw || "BR").toUpperCase();
+      if (isPhoneRegion(region)) return region;
+      ctx.addIssue({ code: "custom", message: `must be a two-letter region code such as BR or PT, got "${raw}"` });
+      return "BR";
+    }),
+  LOG_LEVEL: oneOf("info", [...Object.keys(pino.levels.values), "silent"]),
+  LOG_FORMAT: oneOf("auto", ["auto", "json", "pretty"]),
+
+  MAX_REQUEST_BYTES: integer(defaultInputLimits.requestMaxBytes, 1024, 64 * 1024 * 1024),
+  MAX_SENDER_ID_CHARS: integer(defaultInputLimits.senderIdMaxChars, 1, 65536),
+  MAX_EXTERNAL_ID_CHARS: integer(defaultInputLimits.externalIdMaxChars, 1, 65536),
+  MAX_CONTENT_BYTES: integer(defaultInputLimits.contentMaxBytes, 1, 64 * 1024 * 1024),
+  MAX_METADATA_BYTES: integer(defaultInputLimits.metadataMaxBytes, 2, 64 * 1024 * 1024),
+  // Bounded so that walking the metadata can never exhaust the stack.
+  MAX_METADATA_DEPTH: integer(defaultInputLimits.metadataMaxDepth, 1, 100),
+
+  DATABASE_TIMEOUT_MS: integer(5_000, 100, 600_000),
+  SHUTDOWN_GRACE_MS: integer(30_000, 0, 3_600_000),
+
+  MAX_CONNECTIONS: integer(defaultServerLimits.maxConnections, 1, 1_000_000),
+  HTTP2_MAX_CONCURRENT_STREAMS: integer(defaultServerLimits.http2MaxConcurrentStreams, 1, 10_000),
+  HTTP2_MAX_SESSION_MEMORY_MB: integer(defaultServerLimits.http2MaxSessionMemoryMb, 1, 1_024),
+  HTTP2_IDLE_TIMEOUT_MS: integer(defaultServerLimits.http2IdleTimeoutMs, 100, 86_400_000),
+  REQUEST_BODY_TIMEOUT_MS: integer(defaultServerLimits.requestBodyTimeoutMs, 100, 3_600_000),
+  MAX_OPEN_WATCHES: integer(defaultServerLimits.maxOpenWatches, 0, 1_000_000),
+
+  INGEST_API_TOKENS: secrets(),
+  INGEST_API_TOKENS_FILE: secretsFile(),
+  FEED_API_TOKENS: secrets(),
+  FEED_API_TOKENS_FILE: secretsFile(),
+  // The privacy API: a scope of its own, and only behind authentication everywhere (docs/privacy.md).
+  PRIVACY_API_TOKENS: z
+    .string()
+    .optional()
+    .transform((raw, ctx) => privacyTokenList(secretEntries(raw ?? "", ctx), ctx)),
+  PRIVACY_API_TOKENS_FILE: z
+    .string()
+    .optional()
+    .transform((filePath, ctx) => privacyTokenList(secretEntries(readNamedFile(filePath, ctx)?.toString("utf8") ?? "", ctx), ctx)),
+  ALLOW_UNAUTHENTICATED: oneOf("false", ["true", "false"]),
+
+  TLS_CERT_FILE: file(),
+  TLS_KEY_FILE: file(),
+  TLS_CLIENT_CA_FILE: file(),
+
+  // Origins as browsers send them: scheme, host and port only, no path.
+  CORS_ALLOWED_ORIGINS: z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      const origins = (raw ?? "")
+        .split(",")
+        .map((origin) => origin.trim())
+        .filter((origin) => origin !== "");
+      for (const origin of origins) {
+        if (origin !== "*" && !isWebOrigin(origin)) {
+          ctx.addIssue({ code: "custom", message: `must list origins such as https://app.example.com (scheme, host, optional port; no path) or *, got "${origin}"` });
+        }
+      }
+      return origins;
+    }),
+
+  FEED_POLL_INTERVAL_MS: integer(50, 5, 60_000),
+  FEED_CHECKPOINT_INTERVAL_MS: integer(15_000, 100, 3_600_000),
+  FEED_MAX_WATCH_STREAMS: integer(1_000, 1, 100_000),
+  FEED_READ_MAX_BYTES: integer(512 * 1024, 1024, 256 * 1024 * 1024),
+
+  OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint(),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otlpEndpoint(),
+  // Checked together below: the TRACES variant wins, and only the one in force must be OTLP over HTTP.
+  OTEL_EXPORTER_OTLP_PROTOCOL: text(),
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: text(),
+  OTEL_SDK_DISABLED: otelSwitch("false", ["true", "false"]),
+  OTEL_TRACES_EXPORTER: otelSwitch("otlp", ["otlp", "none"]),
+
+  // Read whether or not NATS_URL is set, so every variable is checked.
+  NATS_URL: text(),
+  NATS_STREAM: text("AURORA_INGEST_EVENTS"),
+  NATS_SUBJECT_PREFIX: text("aurora.crm.v1.ingest_events"),
+  NATS_STREAM_STORAGE: oneOf("file", ["file", "memory"]),
+  NATS_STREAM_REPLICAS: integer(1, 1, 5),
+  NATS_STREAM_MAX_AGE_SECONDS: integer(7 * 24 * 3600, 0, 100 * 365 * 24 * 3600),
+  NATS_STREAM_DUPLICATE_WINDOW_SECONDS: integer(120, 1, 7 * 24 * 3600),
+  RELAY_ENCODING: oneOf("binary", ["binary", "json"]),
+  RELAY_LEADER_RETRY_MS: integer(1_000, 50, 60_000),
+  RELAY_BATCH_SIZE: integer(500, 1, 10_000),
+  RELAY_MAX_IN_FLIGHT: integer(2_000, 1, 100_000),
+  RELAY_ACK_TIMEOUT_MS: integer(5_000, 100, 600_000),
+  RELAY_POLL_MS: integer(50, 5, 60_000),
+
+  // Channels (docs/channels.md): each route is served once its secrets are set.
+  EVOLUTION_JWT_KEYS: secrets(),
+  EVOLUTION_JWT_KEYS_FILE: secretsFile(),
+  EVOLUTION_MAX_BODY_BYTES: integer(8 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
+  MAILGUN_SIGNING_KEYS: secrets(),
+  MAILGUN_SIGNING_KEYS_FILE: secretsFile(),
+  EMAIL_MAX_BYTES: integer(10 * 1024 * 1024, 64 * 1024, 100 * 1024 * 1024),
+  WHATSAPP_APP_SECRETS: secrets(),
+  WHATSAPP_APP_SECRETS_FILE: secretsFile(),
+  WHATSAPP_VERIFY_TOKENS: secrets(),
+  WHATSAPP_VERIFY_TOKENS_FILE: secretsFile(),
+  WHATSAPP_MAX_BODY_BYTES: integer(4 * 1024 * 1024, 64 * 1024, 64 * 1024 * 1024),
+});
+
+type Variables = z.output<typeof environment>;
+
+/** The OTLP protocol in force: the TRACES variant wins, as in the OpenTelemetry SDK. */
+function otlpProtocol(v: Variables): { name: string; value: string } {
+  const name = v.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ? "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" : "OTEL_EXPORTER_OTLP_PROTOCOL";
+  return { name, value: v[name] || "http/protobuf" };
+}
+
+/** Rules that involve more than one variable; they see every bad value as its default. */
+function checkTogether(v: Variables, ctx: Issues): void {
+  const problem = (variable: string, message: string) => ctx.addIssue({ code: "custom", path: [variable], message });
+  const apiTokens = [...v.INGEST_API_TOKENS, ...v.INGEST_API_TOKENS_FILE];
+  const feedApiTokens = [...v.FEED_API_TOKENS, ...v.FEED_API_TOKENS_FILE];
+  const privacyTokens = [...v.PRIVACY_API_TOKENS, ...v.PRIVACY_API_TOKENS_FILE];
+  if (privacyTokens.length > 0) {
+    if (apiTokens.length === 0) problem("PRIVACY_API_TOKENS", "needs INGEST_API_TOKENS: the privacy API is served only when every route needs a token");
+    privacyTokens.forEach(({ token }, i) => {
+      if (apiTokens.includes(token) || feedApiTokens.includes(token)) {
+        problem("PRIVACY_API_TOKENS", `entry #${i + 1} is also an ingest or feed token: a privacy token may do nothing else`);
+      }
+    });
+  }
+  if (!isLoopback(v.HOST) && apiTokens.length + feedApiTokens.length === 0 && v.ALLOW_UNAUTHENTICATED !== "true") {
+    ctx.addIssue({
+      code: "custom",
+      message:
+        `HOST=${v.HOST} is reachable from other machines but no API tokens are configured: set INGEST_API_TOKENS=<token>[,<token>...] ` +
+        "or INGEST_API_TOKENS_FILE=<file with one token per line> (clients then send `Authorization: Bearer <token>`), " +
+        "or set ALLOW_UNAUTHENTICATED=true to serve without authentication",
+    });
+  }
+  if (Boolean(v.TLS_CERT_FILE) !== Boolean(v.TLS_KEY_FILE)) problem("TLS_CERT_FILE", "and TLS_KEY_FILE must be set together");
+  if (v.TLS_CLIENT_CA_FILE && !v.TLS_CERT_FILE) problem("TLS_CLIENT_CA_FILE", "needs TLS_CERT_FILE and TLS_KEY_FILE");
+
+  // Only OTLP over HTTP is built in: a collector's gRPC port (4317) is refused here rather than failing on every export.
+  const protocol = otlpProtocol(v);
+  if (protocol.value !== "http/protobuf" && protocol.value !== "http/json") {
+    problem(protocol.name, `must be http/protobuf or http/json (OTLP over HTTP, a collector's port 4318), got "${protocol.value}"`);
+  }
+
+  if (v.NATS_URL !== "") {
+    if (!/^[A-Za-z0-9_-]+$/.test(v.NATS_STREAM)) problem("NATS_STREAM", `must be letters, digits, _ or -, got "${v.NATS_STREAM}"`);
+    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(v.NATS_SUBJECT_PREFIX)) {
+      problem("NATS_SUBJECT_PREFIX", `must be dot-separated tokens of letters, digits, _ or - (no wildcards), got "${v.NATS_SUBJECT_PREFIX}"`);
+    }
+    if (v.NATS_STREAM_MAX_AGE_SECONDS > 0 && v.NATS_STREAM_DUPLICATE_WINDOW_SECONDS > v.NATS_STREAM_MAX_AGE_SECONDS) {
+      problem("NATS_STREAM_DUPLICATE_WINDOW_SECONDS", "must not exceed NATS_STREAM_MAX_AGE_SECONDS");
+    }
+    // Credentials may be in the URL: it is never echoed.
+    for (const url of v.NATS_URL.split(",")) {
+      if (!/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.trim())) problem("NATS_URL", "must be nats://host:port (several: comma-separated)");
+    }
+  }
+  const appSecrets = v.WHATSAPP_APP_SECRETS.length + v.WHATSAPP_APP_SECRETS_FILE.length;
+  const verifyTokens = v.WHATSAPP_VERIFY_TOKENS.length + v.WHATSAPP_VERIFY_TOKENS_FILE.length;
+  if ((appSecrets === 0) !== (verifyTokens === 0)) {
+    problem("WHATSAPP_APP_SECRETS", "and WHATSAPP_VERIFY_TOKENS (or their _FILE forms) must be set together");
+  }
+  if (v.WORKERS > 1 && v.DATABASE_URL === undefined) {
+    problem("WORKERS", "above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared");
+  }
+}
+
+/** The checked variables in the shape the rest of the service reads. */
+function toConfig(v: Variables): Config {
+  const protocol = otlpProtocol(v).value;
+  const tracingOff = !(v.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || v.OTEL_EXPORTER_OTLP_ENDPOINT) || v.OTEL_SDK_DISABLED === "true" || v.OTEL_TRACES_EXPORTER === "none";
+  const jwtKeys = [...v.EVOLUTION_JWT_KEYS, ...v.EVOLUTION_JWT_KEYS_FILE];
+  const appSecrets = [...v.WHATSAPP_APP_SECRETS, ...v.WHATSAPP_APP_SECRETS_FILE];
+  return {
+    host: v.HOST,
+    port: v.PORT,
+    databaseUrl: v.DATABASE_URL,
+    embeddedDataDir: v.EMBEDDED_DATA_DIR,
+    databasePoolMax: v.DATABASE_POOL_MAX,
+    defaultPhoneRegion: v.DEFAULT_PHONE_REGION,
+    logLevel: v.LOG_LEVEL,
+    logFormat: v.LOG_FORMAT,
+    limits: {
+      requestMaxBytes: v.MAX_REQUEST_BYTES,
+      senderIdMaxChars: v.MAX_SENDER_ID_CHARS,
+      externalIdMaxChars: v.MAX_EXTERNAL_ID_CHARS,
+      contentMaxBytes: v.MAX_CONTENT_BYTES,
+      metadataMaxBytes: v.MAX_METADATA_BYTES,
+      metadataMaxDepth: v.MAX_METADATA_DEPTH,
+    },
+    databaseTimeoutMs: v.DATABASE_TIMEOUT_MS,
+    shutdownGraceMs: v.SHUTDOWN_GRACE_MS,
+    apiTokens: [...v.INGEST_API_TOKENS, ...v.INGEST_API_TOKENS_FILE],
+    feedApiTokens: [...v.FEED_API_TOKENS, ...v.FEED_API_TOKENS_FILE],
+    privacyTokens: [...v.PRIVACY_API_TOKENS, ...v.PRIVACY_API_TOKENS_FILE],
+    feed: {
+      pollIntervalMs: v.FEED_POLL_INTERVAL_MS,
+      checkpointIntervalMs: v.FEED_CHECKPOINT_INTERVAL_MS,
+      maxWatchStreams: v.FEED_MAX_WATCH_STREAMS,
+      readMaxBytes: v.FEED_READ_MAX_BYTES,
+    },
+    tls: v.TLS_CERT_FILE && v.TLS_KEY_FILE ? { cert: v.TLS_CERT_FILE, key: v.TLS_KEY_FILE, clientCa: v.TLS_CLIENT_CA_FILE } : undefined,
+    ingestBatch: { maxBatch: v.INGEST_BATCH_MAX, maxInFlight: v.INGEST_BATCHES_IN_FLIGHT },
+    workers: v.WORKERS,
+    serverLimits: {
+      maxConnections: v.MAX_CONNECTIONS,
+      http2MaxConcurrentStreams: v.HTTP2_MAX_CONCURRENT_STREAMS,
+      http2MaxSessionMemoryMb: v.HTTP2_MAX_SESSION_MEMORY_MB,
+      http2IdleTimeoutMs: v.HTTP2_IDLE_TIMEOUT_MS,
+      requestBodyTimeoutMs: v.REQUEST_BODY_TIMEOUT_MS,
+      maxOpenWatches: v.MAX_OPEN_WATCHES,
+    },
+    corsAllowedOrigins: v.CORS_ALLOWED_ORIGINS,
+    tracing: tracingOff ? undefined : { protocol: protocol === "http/json" ? "http/json" : "http/protobuf" },
+    relay:
+      v.NATS_URL === ""
+        ? undefined
+        : {
+            natsUrl: v.NATS_URL,
+            stream: v.NATS_STREAM,
+            subjectPrefix: v.NATS_SUBJECT_PREFIX,
+            storage: v.NATS_STREAM_STORAGE,
+            replicas: v.NATS_STREAM_REPLICAS,
+            maxAgeSeconds: v.NATS_STREAM_MAX_AGE_SECONDS,
+            duplicateWindowSeconds: v.NATS_STREAM_DUPLICATE_WINDOW_SECONDS,
+            encoding: v.RELAY_ENCODING,
+            leaderRetryMs: v.RELAY_LEADER_RETRY_MS,
+            batchSize: v.RELAY_BATCH_SIZE,
+            maxInFlight: v.RELAY_MAX_IN_FLIGHT,
+            ackTimeoutMs: v.RELAY_ACK_TIMEOUT_MS,
+            pollMs: v.RELAY_POLL_MS,
+          },
+    whatsapp:
+      appSecrets.length > 0
+        ? { appSecrets, verifyTokens: [...v.WHATSAPP_VERIFY_TOKENS, ...v.WHATSAPP_VERIFY_TOKENS_FILE], maxBodyBytes: v.WHATSAPP_MAX_BODY_BYTES }
+        : undefined,
+    evolution: jwtKeys.length > 0 ? { jwtKeys, maxBodyBytes: v.EVOLUTION_MAX_BODY_BYTES } : undefined,
+    email: { maxBytes: v.EMAIL_MAX_BYTES, mailgunSigningKeys: [...v.MAILGUN_SIGNING_KEYS, ...v.MAILGUN_SIGNING_KEYS_FILE] },
+  };
+}
+
+// `when`: the checks across variables run even after a single variable failed.
+const configSchema = environment.superRefine(checkTogether, { when: () => true }).transform(toConfig);
+
+/**
+ * Reads and validates the environment. Collects every problem before failing,
+ * so an operator fixes them all in one go instead of one per restart.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const result = configSchema.safeParse(env);
+  if (!result.success) throw new ConfigError(result.error.issues.map((issue) => (issue.path.length > 0 ? `${issue.path.join(".")} ${issue.message}` : issue.message)));
+  return result.data;
 }
 
 /** True for addresses only this machine can reach: 127.0.0.0/8, ::1 and localhost. */

@@ -227,7 +227,7 @@ describe("token configuration", () => {
         ...problems({ ALLOW_UNAUTHENTICATED: "yes" }),
       ];
       expect(found).toEqual([
-        "API token #2 must be at least 16 characters with no spaces",
+        "INGEST_API_TOKENS entry #2 must be at least 16 characters with no spaces",
         expect.stringContaining("holds no token"),
         expect.stringContaining("holds no token"),
         expect.stringMatching(/INGEST_API_TOKENS_FILE names a file that cannot be read \(ENOENT\)/),

@@ -2,7 +2,7 @@ import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../../src/config.js";
+import { environment, loadConfig } from "../../src/config.js";
 import { configProblems } from "../support/config.js";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -18,7 +18,7 @@ async function envExample(): Promise<Record<string, string>> {
   );
 }
 
-/** The names loadConfig reads, found by handing it an environment that records every lookup. */
+/** The names loadConfig looks up, found by handing it an environment that records every lookup. */
 function variablesRead(): string[] {
   const read = new Set<string>();
   const env = new Proxy({}, {
@@ -32,8 +32,10 @@ function variablesRead(): string[] {
 }
 
 describe("configuration", () => {
-  it(".env.example names exactly the variables the service reads", async () => {
-    expect(Object.keys(await envExample()).sort()).toEqual(variablesRead());
+  it(".env.example documents exactly the variables of the schema, and the service reads no other", async () => {
+    const declared = Object.keys(environment.shape).sort();
+    expect(Object.keys(await envExample()).sort()).toEqual(declared);
+    expect(variablesRead()).toEqual(declared);
   });
 
   it(".env.example gives the defaults the service really uses", async () => {
@@ -46,11 +48,20 @@ describe("configuration", () => {
 
   it("lists every bad variable at once", () => {
     expect(configProblems({ PORT: "-1", LOG_LEVEL: "loud", LOG_FORMAT: "xml", DATABASE_URL: "mysql://x", DATABASE_POOL_MAX: "0" })).toEqual([
-      "DATABASE_URL must start with postgres:// or postgresql://",
       'PORT must be an integer from 0 to 65535, got "-1"',
+      "DATABASE_URL must start with postgres:// or postgresql://",
       'DATABASE_POOL_MAX must be an integer from 1 to 1000, got "0"',
       'LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent, got "loud"',
       'LOG_FORMAT must be one of auto, json, pretty, got "xml"',
+    ]);
+  });
+
+  it("checks the rules across variables even when a single variable is bad", () => {
+    expect(configProblems({ PORT: "http", DATABASE_URL: "", WORKERS: "2", TLS_KEY_FILE: "/nonexistent/key.pem", TLS_CLIENT_CA_FILE: path.join(root, "package.json") })).toEqual([
+      'PORT must be an integer from 0 to 65535, got "http"',
+      "TLS_KEY_FILE names a file that cannot be read (ENOENT): /nonexistent/key.pem",
+      "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE",
+      "WORKERS above 1 needs DATABASE_URL: the embedded database lives inside one process and cannot be shared",
     ]);
   });
 
@@ -82,8 +93,8 @@ describe("configuration", () => {
     expect(config.email.mailgunSigningKeys).toEqual(["key-current-0123456789abcdef", "key-previous-0123456789abcde"]);
     const problems = configProblems({ EVOLUTION_JWT_KEYS: "short-secret", MAILGUN_SIGNING_KEYS: "another short" });
     expect(problems).toEqual([
-      "Mailgun signing key #1 must be at least 16 characters with no spaces",
-      "Evolution JWT key #1 must be at least 16 characters with no spaces",
+      "EVOLUTION_JWT_KEYS entry #1 must be at least 16 characters with no spaces",
+      "MAILGUN_SIGNING_KEYS entry #1 must be at least 16 characters with no spaces",
     ]);
     expect(problems.join()).not.toContain("short-secret");
   });
@@ -97,10 +108,10 @@ describe("configuration", () => {
     ]);
     expect(configProblems({ PRIVACY_API_TOKENS: "privacy-token-0123456789" })).toEqual([expect.stringContaining("PRIVACY_API_TOKENS needs INGEST_API_TOKENS")]);
     expect(configProblems({ INGEST_API_TOKENS: ingest, PRIVACY_API_TOKENS: `dpo:${ingest}` })).toEqual([
-      "privacy API token #1 is also an ingest or feed token: a privacy token may do nothing else",
+      "PRIVACY_API_TOKENS entry #1 is also an ingest or feed token: a privacy token may do nothing else",
     ]);
     expect(configProblems({ INGEST_API_TOKENS: ingest, PRIVACY_API_TOKENS: "a-very-long-label:short" })).toEqual([
-      "privacy API token #1 must be at least 16 characters after its label",
+      "PRIVACY_API_TOKENS entry #1 must be at least 16 characters after its label",
     ]);
   });
 });
