@@ -161,6 +161,8 @@ export interface FeedConfig {
   maxWatchStreams: number;
   /** Byte budget of one feed read (a List page), in bytes of stored content and metadata (docs/hardening.md). */
   readMaxBytes: number;
+  /** Most bytes of events the watch hub keeps in memory for watchers (docs/hardening.md). */
+  bufferMaxBytes: number;
 }
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
@@ -394,6 +396,7 @@ export const environment = z.object({
   FEED_CHECKPOINT_INTERVAL_MS: integer(15_000, 100, 3_600_000),
   FEED_MAX_WATCH_STREAMS: integer(1_000, 1, 100_000),
   FEED_READ_MAX_BYTES: integer(512 * 1024, 1024, 256 * 1024 * 1024),
+  FEED_BUFFER_MAX_BYTES: integer(32 * 1024 * 1024, 1024, 4 * 1024 * 1024 * 1024),
 
   OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint(),
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otlpEndpoint(),
@@ -528,6 +531,7 @@ function toConfig(v: Variables): Config {
       checkpointIntervalMs: v.FEED_CHECKPOINT_INTERVAL_MS,
       maxWatchStreams: v.FEED_MAX_WATCH_STREAMS,
       readMaxBytes: v.FEED_READ_MAX_BYTES,
+      bufferMaxBytes: v.FEED_BUFFER_MAX_BYTES,
     },
     tls: v.TLS_CERT_FILE && v.TLS_KEY_FILE ? { cert: v.TLS_CERT_FILE, key: v.TLS_KEY_FILE, clientCa: v.TLS_CLIENT_CA_FILE } : undefined,
     ingestBatch: { maxBatch: v.INGEST_BATCH_MAX, maxInFlight: v.INGEST_BATCHES_IN_FLIGHT },

@@ -52,6 +52,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     checkpointIntervalMs: config.feed.checkpointIntervalMs,
     maxWatches: config.feed.maxWatchStreams,
     readMaxBytes: config.feed.readMaxBytes,
+    bufferMaxBytes: config.feed.bufferMaxBytes,
   });
   const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   let tracing: Tracing | undefined;

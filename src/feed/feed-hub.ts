@@ -16,8 +16,10 @@ export interface FeedHubOptions {
   maxWatches?: number;
   /** Most recent events kept in memory for watchers that fell a little behind. */
   bufferEvents?: number;
-  /** Byte budget of every feed read this process serves (a List page; see readFeed's `maxBytes`). */
+  /** Byte budget of every feed read this process serves (a List page, a poll, a watch catching up; see readFeed's `maxBytes`). */
   readMaxBytes?: number;
+  /** Most bytes of events (readFeed's weights) kept in that buffer. */
+  bufferMaxBytes?: number;
 }
 
 /** One item of a watch: an event and the position after it, or a checkpoint (no event) at the current position. */
@@ -55,6 +57,7 @@ export class FeedHub implements FeedNotifier {
   readonly maxWatches: number;
   readonly readMaxBytes: number;
   private readonly bufferEvents: number;
+  private readonly bufferMaxBytes: number;
 
   private watches = 0;
   private closed = false;
@@ -62,6 +65,7 @@ export class FeedHub implements FeedNotifier {
   private tail: FeedPosition | undefined;
   private bufferStart: FeedPosition | undefined;
   private buffer: FeedEvent[] = [];
+  private bufferBytes = 0;
   private starting: Promise<void> | undefined;
   private generation = 0;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -79,6 +83,7 @@ export class FeedHub implements FeedNotifier {
     this.maxWatches = options.maxWatches ?? 1_000;
     this.bufferEvents = options.bufferEvents ?? 10_000;
     this.readMaxBytes = options.readMaxBytes ?? 512 * 1024;
+    this.bufferMaxBytes = options.bufferMaxBytes ?? 32 * 1024 * 1024;
   }
 
   /** Watches open in this process. */
@@ -139,13 +144,14 @@ export class FeedHub implements FeedNotifier {
           }
           items = fromBuffer.map((event) => ({ event, position: event.position }));
         } else {
-          // Behind the buffer: read on our own. A page shorter than asked
-          // holds every deliverable event, so everything up to the poll's
-          // tail as it was before the read has been seen.
+          // Behind the buffer: read on our own, within the read budget. A
+          // read that stopped at neither its limit nor its budget holds every
+          // deliverable event, so everything up to the poll's tail as it
+          // was before the read has been seen.
           const tailBefore = this.tail!;
-          const page = await readFeed(this.sequelize, { after: position, limit: PAGE, filters });
+          const page = await readFeed(this.sequelize, { after: position, limit: PAGE, maxBytes: this.readMaxBytes, filters });
           items = page.events.map((event) => ({ event, position: event.position }));
-          if (page.events.length < PAGE) items.push({ position: laterPosition(page.position, tailBefore) });
+          if (!page.more) items.push({ position: laterPosition(page.position, tailBefore) });
         }
         for (const item of items) {
           position = laterPosition(position, item.position);
@@ -207,6 +213,7 @@ export class FeedHub implements FeedNotifier {
         if (generation !== this.generation || this.closed) return;
         this.tail = this.bufferStart = position;
         this.buffer = [];
+        this.bufferBytes = 0;
         this.schedulePoll(this.pollIntervalMs);
       } finally {
         this.starting = undefined;
@@ -225,6 +232,7 @@ export class FeedHub implements FeedNotifier {
     this.pollTimer = undefined;
     this.tail = this.bufferStart = undefined;
     this.buffer = [];
+    this.bufferBytes = 0;
   }
 
   private schedulePoll(delayMs: number): void {
@@ -252,10 +260,10 @@ export class FeedHub implements FeedNotifier {
         this.pollAgain = false;
         this.lastPollStarted = Date.now();
         if (this.tail === undefined) return;
-        const page = await readFeed(this.sequelize, { after: this.tail, limit: PAGE });
+        const page = await readFeed(this.sequelize, { after: this.tail, limit: PAGE, maxBytes: this.readMaxBytes });
         if (generation !== this.generation) return;
         if (page.events.length > 0) this.append(page.events, page.position);
-        if (page.events.length === PAGE) this.pollAgain = true;
+        if (page.more) this.pollAgain = true;
       } while (this.pollAgain);
     } catch (error) {
       // The database is unreachable or slow: watchers wait (and send
@@ -271,12 +279,17 @@ export class FeedHub implements FeedNotifier {
   private append(events: FeedEvent[], tail: FeedPosition): void {
     if (events.some((event) => event.kind === "ERASURE")) return this.forgetErased(tail);
     this.buffer.push(...events);
+    for (const event of events) this.bufferBytes += event.bytes ?? 0;
     this.tail = tail;
-    // Trimmed in steps of half the buffer, not on every append.
-    const excess = this.buffer.length - this.bufferEvents;
-    if (excess > this.bufferEvents / 2) {
-      this.bufferStart = this.buffer[excess - 1].position;
-      this.buffer = this.buffer.slice(excess);
+    // Bounded by count and by bytes (events can be 0.3 MiB each), trimmed
+    // in steps of half the buffer, not on every append.
+    if (this.buffer.length > this.bufferEvents * 1.5 || this.bufferBytes > this.bufferMaxBytes * 1.5) {
+      let drop = 0;
+      while (drop < this.buffer.length && (this.buffer.length - drop > this.bufferEvents || this.bufferBytes > this.bufferMaxBytes)) {
+        this.bufferBytes -= this.buffer[drop++].bytes ?? 0;
+      }
+      this.bufferStart = this.buffer[drop - 1].position;
+      this.buffer = this.buffer.slice(drop);
     }
     for (const wake of [...this.waiters]) wake();
   }

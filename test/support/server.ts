@@ -35,7 +35,7 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-  feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents" | "readMaxBytes">;
+  feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents" | "readMaxBytes" | "bufferMaxBytes">;
   apiTokens?: string[];
   feedApiTokens?: string[];
   erasures?: { batchRows?: number };
