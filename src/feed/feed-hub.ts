@@ -304,6 +304,7 @@ export class FeedHub implements FeedNotifier {
    */
   private forgetErased(tail: FeedPosition): void {
     this.buffer = [];
+    this.bufferBytes = 0;
     this.tail = this.bufferStart = tail;
     for (const wake of [...this.waiters]) wake();
   }
