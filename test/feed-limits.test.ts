@@ -1,6 +1,8 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { databaseKind } from "./support/database.js";
 import { rows } from "./support/rows.js";
+import { feedClient, feedTransports } from "./support/feed.js";
 import { startTestServer, useTestServer } from "./support/server.js";
 
 const fixture = useTestServer();
@@ -53,6 +55,25 @@ describe(`feed pages are bounded by size (${databaseKind})`, () => {
       expect(unbounded.loggedErrors.map((entry) => entry.msg)).toContain("the answer could not be encoded");
     } finally {
       await unbounded.server.close();
+    }
+  });
+
+  it("a read that runs out of time answers deadline_exceeded and is logged as such", async () => {
+    const server = await startTestServer(fixture.database, { requestTimeoutMs: 400 });
+    const transaction = await fixture.database.sequelize.transaction();
+    try {
+      // The table is locked (on the embedded database, its one connection is held): the read waits past the request's time.
+      await fixture.database.sequelize.query("LOCK TABLE crm_ingest_events IN ACCESS EXCLUSIVE MODE", { transaction });
+      const error = await feedClient(feedTransports["gRPC"](server.baseUrl))
+        .listIngestEvents({ pageSize: 10 })
+        .then(() => undefined, (failure: unknown) => ConnectError.from(failure));
+      expect(error?.code).toBe(Code.DeadlineExceeded);
+      expect(error?.rawMessage).toMatch(/^the read did not finish within 400 ms/);
+      const line = [...server.logLines].reverse().find((entry) => entry.procedure === LIST);
+      expect(line).toMatchObject({ code: "deadline_exceeded", level: 40 });
+    } finally {
+      await transaction.rollback();
+      await server.server.close();
     }
   });
 });

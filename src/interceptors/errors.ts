@@ -5,10 +5,13 @@ import { requestLoggerKey, type Logger } from "../observability/logger.js";
 import { FeedClosedError, FeedWatchLimitError, IngestEventNotFoundError, InvalidFeedTokenError } from "../feed/errors.js";
 import { InvalidAuditPageTokenError, PrivacyRequestNotFoundError } from "../privacy/errors.js";
 
-/** The database did not answer a request within the configured time. */
+/** The database did not answer a request within the configured time; `read`: the request only reads (Get, List). */
 export class DatabaseTimeoutError extends Error {
-  constructor(timeoutMs: number) {
-    super(`the database did not answer within ${timeoutMs} ms`);
+  constructor(
+    timeoutMs: number,
+    readonly read = false,
+  ) {
+    super(read ? `the read did not finish within ${timeoutMs} ms; retry, or ask for a smaller page` : `the database did not answer within ${timeoutMs} ms`);
   }
 }
 
@@ -26,6 +29,11 @@ export function toConnectError(error: unknown, log: Logger): ConnectError {
   if (error instanceof FeedWatchLimitError) return new ConnectError(error.message, Code.ResourceExhausted);
   if (error instanceof FeedClosedError) return new ConnectError(error.message, Code.Unavailable);
   if (isDataError(error)) return new ConnectError("a field holds a value the database cannot store", Code.InvalidArgument);
+  // A read that ran out of time changed nothing: the client learns it was slow, not that we are down.
+  if (error instanceof DatabaseTimeoutError && error.read) {
+    log.warn({ err: error }, "read ran out of time");
+    return new ConnectError(error.message, Code.DeadlineExceeded);
+  }
   if (isDatabaseUnavailable(error)) {
     log.warn({ err: error }, "database unavailable");
     return new ConnectError("database unavailable, retry later", Code.Unavailable);

@@ -3,7 +3,9 @@ import { DatabaseTimeoutError } from "./errors.js";
 
 /**
  * Interceptor that answers a request still running after `timeoutMs` with
- * `DatabaseTimeoutError` (`Unavailable`), so a client never waits longer than
+ * `DatabaseTimeoutError`: `DeadlineExceeded` for a read (a standard Get or
+ * List method, AIP-131/132, which changes nothing), `Unavailable` for the
+ * rest, so a client never waits longer than
  * that on a database that is gone or stuck. The handler's signal aborts at
  * the same moment, so a message still waiting for its batch is left out of
  * it. The work left behind is bounded too: every pool wait and statement has
@@ -21,7 +23,7 @@ export function deadlineInterceptor(timeoutMs: number): Interceptor {
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        const error = new DatabaseTimeoutError(timeoutMs);
+        const error = new DatabaseTimeoutError(timeoutMs, /^(Get|List)[A-Z]/.test(request.method.name));
         controller.abort(error);
         reject(error);
       }, timeoutMs);
