@@ -1,29 +1,21 @@
 /**
- * Entry point: configuration, then the logger, the database, the metrics and
- * the server, then the signals that stop it. With WORKERS=N the first process
+ * Entry point: configuration, then the logger, the database and tracing, then
+ * the app over them (src/app.ts), then the signals that stop it. With WORKERS=N the first process
  * only checks the schema and starts N workers that each do all of that on the
  * one port.
  */
 import cluster from "node:cluster";
 import { diag, DiagLogLevel } from "@opentelemetry/api";
-import { Registry } from "prom-client";
+import { createApp } from "./app.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { DataDirInUseError } from "./db/data-dir-lock.js";
 import { openDatabase, type Database } from "./db/database.js";
 import { createMigrator, describeSchema, schemaStatus, type SchemaStatus } from "./db/migrator.js";
-import { DatabaseHealth } from "./db/database-health.js";
-import { FeedHub } from "./feed/feed-hub.js";
 import { createLogger, endLog, type Logger } from "./observability/logger.js";
-import { createMetrics } from "./observability/metrics.js";
 import { createTracing, tracingDiagnostics, type Tracing } from "./observability/tracing.js";
-import { routeTable } from "./routes.js";
-import { OpenStreams } from "./services/stream-limits.js";
-import { buildServer } from "./transport/server.js";
 import { startWorkers } from "./transport/workers.js";
 import { readHorizonStatus } from "./feed/horizon.js";
-import { createFeedRelay, describeNatsUrl } from "./feed/relay/start-relay.js";
-import { readDigestKey } from "./privacy/digest-key.js";
-import { ErasureRunner } from "./privacy/erase-subject.js";
+import { describeNatsUrl } from "./feed/relay/start-relay.js";
 
 async function main(config: Config, log: Logger): Promise<void> {
   const database = await openDatabase(
@@ -44,17 +36,6 @@ async function main(config: Config, log: Logger): Promise<void> {
     return;
   }
 
-  const health = new DatabaseHealth({ sequelize: database.sequelize, log });
-  const feedHub = new FeedHub({
-    sequelize: database.sequelize,
-    log,
-    pollIntervalMs: config.feed.pollIntervalMs,
-    checkpointIntervalMs: config.feed.checkpointIntervalMs,
-    maxWatches: config.feed.maxWatchStreams,
-    readMaxBytes: config.feed.readMaxBytes,
-    bufferMaxBytes: config.feed.bufferMaxBytes,
-  });
-  const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
   let tracing: Tracing | undefined;
   if (config.tracing) {
     // The one global OpenTelemetry registration: the SDK's own warnings (a failed export) go to our log.
@@ -62,47 +43,7 @@ async function main(config: Config, log: Logger): Promise<void> {
     tracing = await createTracing(config.tracing);
     log.info(`tracing on: spans exported over OTLP (${config.tracing.protocol}) to the OTEL_EXPORTER_OTLP_* endpoint`);
   }
-  const relay = config.relay
-    ? createFeedRelay(config.relay, { sequelize: database.sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry })
-    : undefined;
-  const streams = new OpenStreams(config.serverLimits.maxOpenWatches);
-  const digestKey = await readDigestKey(database.sequelize);
-  const erasures = new ErasureRunner({ sequelize: database.sequelize, digestKey, log, feedNotifier: feedHub });
-  const routes = routeTable({
-    digestKey,
-    erasures,
-    relay,
-    sequelize: database.sequelize,
-    defaultPhoneRegion: config.defaultPhoneRegion,
-    health,
-    metrics,
-    streams,
-    feedHub,
-    ingestBatch: config.ingestBatch,
-    tracing,
-    log,
-    limits: config.limits,
-    bodyTimeoutMs: config.serverLimits.requestBodyTimeoutMs,
-    whatsapp: config.whatsapp,
-    evolution: config.evolution,
-    email: config.email,
-    privacyTokens: config.privacyTokens,
-  });
-  const server = buildServer({
-    routes,
-    health,
-    streams,
-    feedHub,
-    log,
-    metrics,
-    limits: config.limits,
-    tokens: { ingest: config.apiTokens, feed: config.feedApiTokens, privacy: config.privacyTokens.map((entry) => entry.token) },
-    tls: config.tls,
-    requestTimeoutMs: config.databaseTimeoutMs,
-    serverLimits: config.serverLimits,
-    corsAllowedOrigins: config.corsAllowedOrigins,
-    tracing,
-  });
+  const { server, erasures, relay } = await createApp(config, { sequelize: database.sequelize, log, tracing });
   // The signal handlers go in before the port opens: a SIGTERM that arrives
   // as soon as we say "listening" must drain, not kill the process.
   const listening = server.listen(config.port, config.host);

@@ -1,17 +1,15 @@
-import { Registry } from "prom-client";
 import { afterAll, beforeAll } from "vitest";
-import { defaultInputLimits, defaultServerLimits, type InputLimits } from "../../src/config.js";
-import { routeTable, type RouteDependencies } from "../../src/routes.js";
-import { OpenStreams } from "../../src/services/stream-limits.js";
 import type { Sequelize } from "sequelize-typescript";
-import { FeedHub, type FeedHubOptions } from "../../src/feed/feed-hub.js";
-import { DatabaseHealth, type DatabaseHealthOptions } from "../../src/db/database-health.js";
+import { createApp } from "../../src/app.js";
+import { loadConfig, type Config, type InputLimits } from "../../src/config.js";
+import type { RouteDependencies } from "../../src/routes.js";
+import type { FeedHub, FeedHubOptions } from "../../src/feed/feed-hub.js";
+import type { DatabaseHealth, DatabaseHealthOptions } from "../../src/db/database-health.js";
 import type { PhoneRegion } from "../../src/ingest/identity/phone-number.js";
 import { createLogger } from "../../src/observability/logger.js";
-import { createMetrics, type Metrics } from "../../src/observability/metrics.js";
-import { buildServer, type IngestServer, type ServerOptions } from "../../src/transport/server.js";
-import { readDigestKey } from "../../src/privacy/digest-key.js";
-import { ErasureRunner } from "../../src/privacy/erase-subject.js";
+import type { Metrics } from "../../src/observability/metrics.js";
+import type { IngestServer, ServerOptions } from "../../src/transport/server.js";
+import type { ErasureRunner } from "../../src/privacy/erase-subject.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 
 /** A real server on an ephemeral loopback port, over the given database. */
@@ -61,7 +59,10 @@ export function useTestServer(options: TestServerOptions = {}): { database: Test
   return context;
 }
 
-/** Starts a server with its own logger (into memory, every level), metrics registry and health. */
+/**
+ * Starts the app `main` serves (src/app.ts), with the service's defaults and
+ * the test's options, its own logger (into memory, every level) and metrics.
+ */
 export async function startTestServer(database: { sequelize: Sequelize }, options: TestServerOptions = {}): Promise<TestServer> {
   const raw: string[] = [];
   const logLines: Array<Record<string, any>> = [];
@@ -74,47 +75,29 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
       },
     },
   });
-  const health = new DatabaseHealth({ sequelize: database.sequelize, log, ...options.health });
-  const feedHub = new FeedHub({ sequelize: database.sequelize, log, ...options.feed });
-  const metrics = createMetrics(new Registry(), database.sequelize, feedHub);
-  const streams = new OpenStreams({ ...defaultServerLimits, ...options.serverLimits }.maxOpenWatches);
-  const digestKey = await readDigestKey(database.sequelize);
-  const erasures = new ErasureRunner({ sequelize: database.sequelize, digestKey, log, feedNotifier: feedHub, ...options.erasures });
-  const routes = routeTable({
-    digestKey,
-    erasures,
-    sequelize: database.sequelize,
-    defaultPhoneRegion: options.defaultPhoneRegion ?? "BR",
-    health,
-    metrics,
-    streams,
-    feedHub,
-    ingestBatch: options.ingestBatch,
-    tracing: options.tracing,
-    extraRoutes: options.extraRoutes,
+  // The defaults the service runs with, and what the test asks for on top.
+  const defaults = loadConfig({});
+  const config: Config = {
+    ...defaults,
+    defaultPhoneRegion: options.defaultPhoneRegion ?? defaults.defaultPhoneRegion,
+    limits: options.limits ?? defaults.limits,
+    apiTokens: options.apiTokens ?? [],
+    feedApiTokens: options.feedApiTokens ?? [],
+    privacyTokens: [...(options.privacyTokens ?? [])],
+    tls: options.tls,
+    databaseTimeoutMs: options.requestTimeoutMs ?? defaults.databaseTimeoutMs,
+    serverLimits: { ...defaults.serverLimits, ...options.serverLimits },
+    corsAllowedOrigins: options.corsAllowedOrigins ?? [],
+    ingestBatch: { ...defaults.ingestBatch, ...options.ingestBatch },
     whatsapp: options.whatsapp,
     evolution: options.evolution,
-    email: options.email,
-    privacyTokens: options.privacyTokens,
-    relay: options.relay,
+    email: options.email ?? defaults.email,
+  };
+  const { server, health, feedHub, metrics, erasures } = await createApp(config, {
+    sequelize: database.sequelize,
     log,
-    limits: options.limits ?? defaultInputLimits,
-    bodyTimeoutMs: { ...defaultServerLimits, ...options.serverLimits }.requestBodyTimeoutMs,
-  });
-  const server = buildServer({
-    routes,
-    health,
-    streams,
-    feedHub,
-    log,
-    metrics,
-    limits: options.limits,
-    tokens: { ingest: options.apiTokens ?? [], feed: options.feedApiTokens ?? [], privacy: (options.privacyTokens ?? []).map((entry) => entry.token) },
-    tls: options.tls,
-    requestTimeoutMs: options.requestTimeoutMs,
-    serverLimits: options.serverLimits,
-    corsAllowedOrigins: options.corsAllowedOrigins,
     tracing: options.tracing,
+    tuning: { health: options.health, feed: options.feed, erasures: options.erasures, extraRoutes: options.extraRoutes, relayStatus: options.relay },
   });
   const address = await server.listen(0, "127.0.0.1");
   return {
