@@ -201,8 +201,10 @@ async function processMessage(message: JsMsg): Promise<boolean> {
  */
 function processSpan(tracer: Tracer, message: JsMsg): Span {
   const stored = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, message.headers, natsHeaders));
+  // Subjects end with a token per sender: the span is named after `<prefix>.<source>`, a name of few values.
+  const destination = message.subject.split(".").slice(0, -1).join(".");
   return tracer.startSpan(
-    `process ${message.subject}`,
+    `process ${destination}`,
     {
       kind: SpanKind.CONSUMER,
       links: stored ? [{ context: stored }] : [],
@@ -210,7 +212,7 @@ function processSpan(tracer: Tracer, message: JsMsg): Span {
         "messaging.system": "nats",
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
-        "messaging.destination.name": message.subject,
+        "messaging.destination.name": destination,
         "messaging.consumer.group.name": durable,
         "messaging.message.id": message.headers?.get("Nats-Msg-Id") ?? "",
       },

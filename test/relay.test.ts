@@ -1,11 +1,15 @@
-import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType, type StreamConfig } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
+import { toBinary } from "@bufbuild/protobuf";
+import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type StreamConfig } from "@nats-io/jetstream";
+import { connect, headers } from "@nats-io/transport-node";
+import { IngestEventSchema } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { toIngestEventMessage } from "../src/feed/ingest-event-message.js";
 import { Registry } from "prom-client";
 import { QueryTypes } from "sequelize";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RelayConfig } from "../src/config.js";
-import { databaseTagOf, decodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
-import type { FeedRelay } from "../src/feed/relay/feed-relay.js";
+import { databaseTagOf, decodeResumeToken, encodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
+import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
+import { FEED_POSITION_HEADER, formatPosition, RESUME_TOKEN_HEADER, type FeedRelay } from "../src/feed/relay/feed-relay.js";
 import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
 import { createFeedRelay } from "../src/feed/relay/start-relay.js";
@@ -90,10 +94,13 @@ describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
     });
 
     const identity = await loadFeedIdentity(database.sequelize);
+    const key = await readDigestKey(database.sequelize);
     const feed = await wholeFeed(database.sequelize);
     const messages = await readStream(nats.url, config.stream);
     messages.forEach((message, i) => {
-      expect(message.subject).toBe("test.one.web");
+      // The sender only as a keyed token: a subject names no one.
+      expect(message.subject).toBe(`test.one.web.${senderStreamToken(key, "web", feed[i].senderId)}`);
+      expect(message.subject).not.toContain(feed[i].senderId);
       expect(decodeResumeToken(identity, message.resumeToken!)).toEqual(feed[i].position);
       expect(message.event.metadata).toEqual(feed[i].metadata);
       expect(message.event.createdAt).toBeDefined();
@@ -250,6 +257,104 @@ describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
       await Promise.all(relays.splice(-1).map((relay) => relay.stop()));
       await other.close();
     }
+  });
+
+  it("purges an erased sender's messages once the ERASURE event is relayed, keeps everyone else's, and continues without repeating or skipping", async () => {
+    const config = relayConfig(nats.url, { stream: newStream(), subjectPrefix: "test.erase" });
+    const key = await readDigestKey(database.sequelize);
+    const [erasedSender, keptSender] = ["erase-me-5511999990001", "keep-me-5511999990002"];
+    const said = async (sender: string, content: string, count: number) =>
+      database.sequelize.query(
+        `INSERT INTO crm_ingest_events (source, sender_id, content, metadata)
+         SELECT 'whatsapp', $1, $2 || ' ' || n, '{}'::jsonb FROM generate_series(1, $3::int) AS n`,
+        { bind: [sender, content, count] },
+      );
+    await said(erasedSender, "secret words", 3);
+    await said(keptSender, "kept words", 3);
+    // An earlier version relayed the feed so far on <prefix>.<source>, without the sender's token.
+    const identity = await loadFeedIdentity(database.sequelize);
+    const nc = await connect({ servers: nats.url });
+    await (await jetstreamManager(nc)).streams.add({ name: config.stream, subjects: ["test.erase.>"], max_age: 7 * 24 * 3600 * 1e9 });
+    const js = jetstream(nc);
+    for (const [i, event] of (await wholeFeed(database.sequelize)).entries()) {
+      const h = headers();
+      h.set(RESUME_TOKEN_HEADER, encodeResumeToken(identity, event.position));
+      h.set(FEED_POSITION_HEADER, formatPosition(event.position));
+      if (event.traceParent) h.set("traceparent", event.traceParent);
+      await js.publish(`test.erase.${event.source}`, toBinary(IngestEventSchema, toIngestEventMessage(event)), { msgID: event.id, headers: h, expect: { lastSequence: i } });
+    }
+    await nc.close();
+    await said(erasedSender, "secret words again", 2);
+    const relay = startRelay(config);
+    await expectExactlyTheFeed(config);
+    const token = senderStreamToken(key, "whatsapp", erasedSender);
+    const streamed = await readStream(nats.url, config.stream);
+    expect(streamed.filter((m) => m.subject === `test.erase.whatsapp.${token}`)).toHaveLength(2);
+    expect(streamed.filter((m) => m.subject === "test.erase.whatsapp")).toHaveLength(6);
+
+    // What the erasure job leaves (docs/privacy.md): the events erased, the job with its tokens, and one ERASURE event.
+    const erase = async () => {
+      const [{ id: requestId }] = await database.sequelize.query<{ id: string }>(
+        "INSERT INTO crm_privacy_requests (kind, requested_by) VALUES ('ERASURE', 'test') RETURNING id",
+        { type: QueryTypes.SELECT },
+      );
+      await database.sequelize.query("INSERT INTO crm_privacy_erasures (request_id, kind, state, stream_tokens) VALUES ($1, 'ERASURE', 'DONE', $2::text[])", {
+        bind: [requestId, [token]],
+      });
+      await database.sequelize.query(
+        `UPDATE crm_ingest_events SET content = '', sender_id = '', metadata = jsonb_build_object('erased', 'ERASURE', 'privacy_request_id', $1::text)
+         WHERE sender_id = $2`,
+        { bind: [requestId, erasedSender] },
+      );
+      await database.sequelize.query(
+        `INSERT INTO crm_ingest_events (source, sender_id, content, metadata, status, kind)
+         VALUES ('privacy', '', '', jsonb_build_object('privacy_request_id', $1::text), 'RECEIVED', 'ERASURE')`,
+        { bind: [requestId] },
+      );
+    };
+    await erase();
+    // The same person writes again after the erasure: that message stays.
+    await said(erasedSender, "after erasure", 1);
+    await said(keptSender, "more kept words", 2);
+
+    const feed = await wholeFeed(database.sequelize);
+    const expected = feed.filter((event) => !(event.senderId === "" && event.kind !== "ERASURE"));
+    const streamIds = async () => (await readStream(nats.url, config.stream)).map((m) => m.event.id);
+    await waitFor(async () => (await streamIds()).length === expected.length && (await streamIds()).at(-1) === expected.at(-1)!.id, 20_000);
+    const messages = await readStream(nats.url, config.stream);
+    expect(messages.map((m) => m.event.id)).toEqual(expected.map((event) => event.id));
+    expect(messages.filter((m) => m.subject === `test.erase.whatsapp.${token}`).map((m) => m.event.content)).toEqual(["after erasure 1"]);
+    expect(messages.some((m) => m.event.content.startsWith("secret words"))).toBe(false);
+    expect(messages.filter((m) => m.subject === "test.erase.whatsapp").map((m) => m.event.content)).toEqual(["kept words 1", "kept words 2", "kept words 3"]);
+
+    // A relay that starts again (and purges again) neither republishes nor skips, nor removes the later message.
+    await relay.stop();
+    const again = startRelay(config);
+    await said(keptSender, "after restart", 3);
+    const final = (await wholeFeed(database.sequelize)).filter((event) => !(event.senderId === "" && event.kind !== "ERASURE"));
+    await waitFor(async () => (await streamIds()).length >= final.length, 20_000);
+    await waitFor(() => again.status().state === "active", 5_000);
+    expect(await streamIds()).toEqual(final.map((event) => event.id));
+
+    // The stream's last message gone (purged by hand) and the saved state behind it, as after a crash before a save:
+    // the relay counts from the saved state along the feed, so it neither repeats nor skips.
+    await again.stop();
+    const before = await readStream(nats.url, config.stream);
+    const behind = before.at(-4)!;
+    const [xid, seq] = behind.position!.split(":");
+    await database.sequelize.query("UPDATE crm_feed_relay_state SET feed_xid = $1::xid8, feed_seq = $2, stream_seq = $3 WHERE stream_name = $4", {
+      bind: [xid, seq, behind.seq, config.stream],
+    });
+    const manager = await connect({ servers: nats.url });
+    await (await jetstreamManager(manager)).streams.deleteMessage(config.stream, before.at(-1)!.seq);
+    await manager.close();
+    startRelay(config);
+    await said(keptSender, "after the last message was lost", 2);
+    const gone = before.at(-1)!.event.id;
+    const last = (await wholeFeed(database.sequelize)).filter((event) => !(event.senderId === "" && event.kind !== "ERASURE") && event.id !== gone);
+    await waitFor(async () => (await streamIds()).length >= last.length, 20_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await streamIds()).toEqual(last.map((event) => event.id));
   });
 
   it("keeps every event once through a NATS restart and an outage longer than the duplicate window", async () => {

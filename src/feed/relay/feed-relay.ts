@@ -14,11 +14,13 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
+import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { IngestEventSchema } from "../../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import type { RelayConfig } from "../../config.js";
 import type { Logger } from "../../observability/logger.js";
 import type { RelayMetrics } from "../../observability/metrics.js";
+import { readDigestKey, senderStreamToken } from "../../privacy/digest-key.js";
 import { toIngestEventMessage } from "../ingest-event-message.js";
 import {
   databaseTagOf,
@@ -40,6 +42,8 @@ export const RESUME_TOKEN_HEADER = "Aurora-Resume-Token";
 export const FEED_POSITION_HEADER = "Aurora-Feed-Position";
 /** The W3C trace context the event was stored in, when it has one: consumers link their spans to it. */
 export const TRACEPARENT_HEADER = "traceparent";
+/** Set by JetStream from the publish's `msgID`: the event id. */
+const MSG_ID_HEADER = "Nats-Msg-Id";
 
 /** What `/readyz` shows of the relay. */
 export interface RelayStatus {
@@ -109,6 +113,8 @@ export class FeedRelay {
   private js: JetStreamClient | undefined;
   private jsm: JetStreamManager | undefined;
   private identity: FeedIdentity | undefined;
+  /** The database's digest key: subjects carry a keyed token of the sender, by which an erasure purges them. */
+  private digestKey: Buffer | undefined;
   private state: RelayStatus;
   private saved: { position: FeedPosition; streamSeq: number } | undefined;
 
@@ -160,6 +166,7 @@ export class FeedRelay {
     const signal = this.stopping.signal;
     void this.watchBacklog(signal);
     this.identity = await this.untilDone(() => loadFeedIdentity(this.sequelize), "database", signal);
+    this.digestKey = await this.untilDone(() => readDigestKey(this.sequelize), "database", signal);
     // Keeps trying to connect, and reconnecting, for as long as the relay runs.
     this.nc = await connect({
       servers: this.config.natsUrl.split(",").map((url) => url.trim()),
@@ -257,6 +264,7 @@ export class FeedRelay {
     if (limits.length > 0) {
       fatal.push(`${limits.map((limit) => `${limit} is ${existing[limit]}`).join(", ")}: the stream would drop events before consumers read them; only max_age may limit it`);
     }
+    if (existing.deny_purge || existing.deny_delete) fatal.push(`deny_purge or deny_delete is set: erasures could not remove the erased events' messages`);
     if (existing.discard === DiscardPolicy.New) fatal.push(`discard is "new": the stream would refuse events once full; use "old" with max_age only`);
     if (existing.storage !== wanted.storage) differences.push(`storage is "${existing.storage}", configured "${wanted.storage}"`);
     if (existing.num_replicas !== wanted.num_replicas) differences.push(`replicas are ${existing.num_replicas}, configured ${wanted.num_replicas}`);
@@ -307,17 +315,20 @@ export class FeedRelay {
         }
       } else if (last) {
         throw this.incompatible(`the last message of stream ${this.config.stream} (sequence ${lastSeq}) has no ${FEED_POSITION_HEADER} header: something else publishes to ${this.subjects}`);
+      } else if (saved && saved.streamSeq <= lastSeq) {
+        // Gone (expired, or purged by an erasure): messages after the saved state are the feed events after it, in order.
+        start = { position: await this.positionAtSequence(saved, lastSeq), streamSeq: lastSeq };
       } else if (saved) {
-        if (saved.streamSeq !== lastSeq) {
-          this.log.error(
-            `the last message of stream ${this.config.stream} (sequence ${lastSeq}) is gone and the saved state names sequence ${saved.streamSeq}: events relayed in between may be relayed again`,
-          );
-        }
+        this.log.error(
+          `the last message of stream ${this.config.stream} (sequence ${lastSeq}) is gone and the saved state names sequence ${saved.streamSeq}: events relayed in between may be relayed again`,
+        );
         start = { position: saved.position, streamSeq: lastSeq };
       } else {
         throw this.incompatible(`the last message of stream ${this.config.stream} is gone and no relay state is saved: cannot tell where to continue`);
       }
     }
+    // Erasures relayed after the last save may have stopped before their purge: purging again is harmless.
+    if (saved && saved.streamSeq < start.streamSeq && lastSeq > 0) await this.positionAtSequence(saved, start.streamSeq);
     this.log.info({ position: formatPosition(start.position), streamSeq: start.streamSeq }, "relay reconciled with the stream");
     // A stream that went back (recreated, lost messages) takes the saved state back with it.
     await this.save(start, saved !== undefined && saved.streamSeq > start.streamSeq);
@@ -347,6 +358,92 @@ export class FeedRelay {
     }
   }
 
+  /**
+   * The feed position of stream message `streamSeq`, counted from the saved
+   * state: message `saved.streamSeq + n` is the n-th feed event after the
+   * saved position, since the stream is the feed, in order, once. Purges
+   * again, on the way, for the erasures among those events.
+   */
+  private async positionAtSequence(saved: { position: FeedPosition; streamSeq: number }, streamSeq: number): Promise<FeedPosition> {
+    let position = saved.position;
+    let seq = saved.streamSeq;
+    while (seq < streamSeq) {
+      const { events } = await readFeed(this.sequelize, { after: position, limit: Math.min(this.config.batchSize, streamSeq - seq) });
+      if (events.length === 0) {
+        throw this.incompatible(`stream ${this.config.stream} has ${streamSeq - seq} message(s) more than the feed has events after the saved state`);
+      }
+      for (const event of events) {
+        seq += 1;
+        if (event.kind === "ERASURE") await this.purgeErased(event, seq);
+      }
+      position = events.at(-1)!.position;
+    }
+    return position;
+  }
+
+  /**
+   * Removes from the stream every message of the events an erasure erased,
+   * once its ERASURE event (stream sequence `erasureSeq`) is in the stream:
+   * by the senders' subject tokens (`<prefix>.*.<token>`), only below
+   * `erasureSeq`, so a later message of the same sender stays; and, among
+   * messages published before subjects carried the token
+   * (`<prefix>.<source>`), those whose event this erasure erased, found by
+   * reading each of them (they age out with the stream's max age). Every
+   * step can be repeated.
+   */
+  private async purgeErased(event: FeedEvent, erasureSeq: number): Promise<void> {
+    const requestId = event.metadata.privacy_request_id;
+    if (typeof requestId !== "string") return;
+    const jsm = this.jsm!;
+    const [row] = await this.sequelize.query<{ stream_tokens: string[] }>("SELECT stream_tokens FROM crm_privacy_erasures WHERE request_id = $1::uuid", {
+      bind: [requestId],
+      type: QueryTypes.SELECT,
+    });
+    let purged = 0;
+    for (const token of row?.stream_tokens ?? []) {
+      purged += (await jsm.streams.purge(this.config.stream, { filter: `${this.config.subjectPrefix}.*.${token}`, seq: erasureSeq })).purged;
+    }
+    purged += await this.deleteLegacyMessages(requestId, erasureSeq);
+    this.log.info({ privacyRequestId: requestId, erasureSeq, purged }, "relay purged the erased events' messages from the stream");
+  }
+
+  /** Deletes the messages on `<prefix>.<source>` (the subjects of earlier versions) below `beforeSeq` whose events `requestId` erased. */
+  private async deleteLegacyMessages(requestId: string, beforeSeq: number): Promise<number> {
+    const jsm = this.jsm!;
+    const legacy = `${this.config.subjectPrefix}.*`;
+    const info = await jsm.streams.info(this.config.stream, { subjects_filter: legacy });
+    if (Object.keys(info.state.subjects ?? {}).length === 0) return 0;
+    let deleted = 0;
+    let seq = info.state.first_seq;
+    for (let done = false; !done; ) {
+      const batch = new Map<string, number>();
+      while (batch.size < 500) {
+        // The server has answered next_by_subj since 2.9; this client types it for direct gets only.
+        const next = { next_by_subj: legacy, seq } as unknown as { seq: number };
+        const message = await jsm.streams.getMessage(this.config.stream, next).catch((error: unknown) => {
+          if (error instanceof JetStreamApiError && error.code === 10037) return null;
+          throw error;
+        });
+        if (!message || message.seq >= beforeSeq) {
+          done = true;
+          break;
+        }
+        batch.set(message.header?.get(MSG_ID_HEADER) ?? "", message.seq);
+        seq = message.seq + 1;
+      }
+      if (batch.size === 0) break;
+      const erased = await this.sequelize.query<{ id: string }>(
+        "SELECT id::text AS id FROM crm_ingest_events WHERE id::text = ANY($1::text[]) AND metadata->>'privacy_request_id' = $2 AND kind <> 'ERASURE'",
+        { bind: [[...batch.keys()], requestId], type: QueryTypes.SELECT },
+      );
+      for (const { id } of erased) {
+        // erase: the message's bytes are overwritten, not only unlinked.
+        if (await jsm.streams.deleteMessage(this.config.stream, batch.get(id)!, true).catch(() => false)) deleted += 1;
+      }
+    }
+    return deleted;
+  }
+
   /** A reason to refuse the stream, listed with its settings' problems in `/readyz`. */
   private incompatible(problem: string): StreamIncompatibleError {
     this.reportStreamProblems([...this.state.streamProblems, problem]);
@@ -374,6 +471,8 @@ export class FeedRelay {
         throw new StreamMovedError(`stream acknowledged event ${published.event.id} as sequence ${ack.seq}${ack.duplicate ? " (duplicate)" : ""}, expected ${published.streamSeq}`);
       }
       this.metrics.published.inc();
+      // Before the position moves past it: a relay that stops here purges again when it reconciles.
+      if (published.event.kind === "ERASURE") await this.purgeErased(published.event, ack.seq);
       acked = { position: published.event.position, streamSeq: ack.seq };
       if (this.hooks?.afterAck) await this.hooks.afterAck(published.event, ack.seq);
     };
@@ -424,7 +523,7 @@ export class FeedRelay {
       event,
       streamSeq,
       settled: false,
-      ack: this.js!.publish(`${this.config.subjectPrefix}.${subjectToken(event.source)}`, data, {
+      ack: this.js!.publish(this.subjectOf(event), data, {
         msgID: event.id,
         headers: h,
         expect: { lastSequence: streamSeq - 1 },
@@ -439,6 +538,11 @@ export class FeedRelay {
       () => (published.settled = true),
     );
     return published;
+  }
+
+  /** `<prefix>.<source>.<token>`: the token stands for the sender (a keyed digest that names no one), so an erasure can purge the sender's messages. */
+  private subjectOf(event: FeedEvent): string {
+    return `${this.config.subjectPrefix}.${subjectToken(event.source)}.${senderStreamToken(this.digestKey!, event.source, event.senderId)}`;
   }
 
   private async save(state: { position: FeedPosition; streamSeq: number }, rewind = false): Promise<void> {
