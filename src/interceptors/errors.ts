@@ -1,7 +1,8 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { ConnectionError, DatabaseError } from "sequelize";
 import { DuplicateConflictError, isDataError } from "../ingest/errors.js";
-import { requestLoggerKey, type Logger } from "../observability/logger.js";
+import { requestLoggerKey } from "../context-keys.js";
+import type { Logger } from "../observability/logger.js";
 import { FeedClosedError, FeedWatchLimitError, IngestEventNotFoundError, InvalidFeedTokenError } from "../feed/errors.js";
 import { InvalidAuditPageTokenError, PrivacyRequestNotFoundError } from "../privacy/errors.js";
 

@@ -4,10 +4,10 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
-import { ingestResultKey } from "../services/ingest-service.js";
+import { ingestResultKey, requestTraceKey } from "../context-keys.js";
 import { maskSenderId } from "../observability/logger.js";
 import { observedRequest } from "../observability/request-observer.js";
-import { requestTraceKey, type Tracing } from "../observability/tracing.js";
+import type { Tracing } from "../observability/tracing.js";
 
 /** Codes that mean the server failed; only these mark a server span as an error (OpenTelemetry's gRPC conventions). */
 const SERVER_FAULTS = new Set([Code.Unknown, Code.DeadlineExceeded, Code.Unimplemented, Code.Internal, Code.Unavailable, Code.DataLoss]);

@@ -1,6 +1,5 @@
 import { EventEmitter } from "node:events";
 import { createRequire } from "node:module";
-import { createContextKey } from "@connectrpc/connect";
 import { pino, type DestinationStream, type Logger } from "pino";
 
 export type { Logger };
@@ -101,9 +100,6 @@ function prettyStream(): DestinationStream | undefined {
   }
   return pretty({ colorize: true, singleLine: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service" });
 }
-
-/** The request's logger (bound to its request id), for code that logs on a request's behalf. */
-export const requestLoggerKey = createContextKey<Logger | undefined>(undefined, { description: "logger of the current request" });
 
 /**
  * Masks a sender id for logs: seven asterisks and its last four characters

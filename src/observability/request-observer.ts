@@ -5,9 +5,8 @@ import { isMessage } from "@bufbuild/protobuf";
 import { ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
-import { ingestResultKey } from "../services/ingest-service.js";
-import { feedReadKey } from "../services/ingest-event-service.js";
-import { maskSenderId, requestLoggerKey, type Logger } from "./logger.js";
+import { feedReadKey, ingestResultKey, requestLoggerKey } from "../context-keys.js";
+import { maskSenderId, type Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
 
 type Request = IncomingMessage | Http2ServerRequest;

@@ -1,5 +1,4 @@
 import { ROOT_CONTEXT, trace, type Context, type DiagLogger, type SpanContext, type TextMapGetter, type Tracer } from "@opentelemetry/api";
-import { createContextKey } from "@connectrpc/connect";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
 import type { TracingConfig } from "../config.js";
 import type { Logger } from "./logger.js";
@@ -33,9 +32,6 @@ export interface TracingOptions extends TracingConfig {
    */
   url?: string;
 }
-
-/** The span of the request being served, as a context its child spans start from. */
-export const requestTraceKey = createContextKey<Context | undefined>(undefined, { description: "trace context of the current request" });
 
 /**
  * A W3C `traceparent` of version 00 (https://www.w3.org/TR/trace-context/#traceparent-header):

@@ -1,4 +1,5 @@
-import { createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { feedReadKey, type FeedReadSummary } from "../context-keys.js";
 import type { Sequelize } from "sequelize-typescript";
 import { create, toBinary } from "@bufbuild/protobuf";
 import {
@@ -31,14 +32,6 @@ export interface IngestEventDependencies {
   sequelize: Sequelize;
   feedHub: FeedHub;
 }
-
-/** What a feed read returned, for the request's log line: counts only, never personal data. */
-export interface FeedReadSummary {
-  events: number;
-  checkpoints?: number;
-}
-
-export const feedReadKey = createContextKey<FeedReadSummary | undefined>(undefined, { description: "what a feed read returned" });
 
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;

@@ -1,13 +1,9 @@
-import { createContextKey, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { ingestResultKey, requestTraceKey } from "../context-keys.js";
 import type { IngestService } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { STATUS_TO_PROTO } from "../feed/ingest-event-message.js";
-import { createIngestMessage, type IngestDependencies, type IngestMessage, type IngestMessageResult } from "../ingest/ingest-message.js";
-import { eventTraceParent, requestTraceKey } from "../observability/tracing.js";
-
-/** The ingest command's result for the current request, left for request logs and metrics. */
-export const ingestResultKey = createContextKey<IngestMessageResult | undefined>(undefined, {
-  description: "result of the ingest command",
-});
+import { createIngestMessage, type IngestDependencies, type IngestMessage } from "../ingest/ingest-message.js";
+import { eventTraceParent } from "../observability/tracing.js";
 
 /**
  * The IngestService RPC handlers: map the request to the command's input, run
