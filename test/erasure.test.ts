@@ -1,3 +1,5 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { randomBytes } from "node:crypto";
 import { type JsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
@@ -11,6 +13,7 @@ import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
 import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { openWatch, type OpenWatch } from "./support/feed.js";
+import { locateProgram, requires } from "./support/requirements.js";
 import { rows } from "./support/rows.js";
 import { startTestServer, useTestServer, type TestServer } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
@@ -269,5 +272,59 @@ describe(`no return by retry (${databaseKind})`, () => {
     // The same external id on another source is another message.
     const elsewhere = await ingest({ source: "web", senderId: "v", content: "x", externalId: `wamid.${secret}.0` });
     expect(elsewhere.duplicate).toBe(false);
+  });
+});
+
+describe(`proof: nothing erased remains readable (${databaseKind})`, () => {
+  let replica: TestServer;
+  let person: Awaited<ReturnType<typeof seedPerson>>;
+  let erased: string[];
+  beforeAll(async () => {
+    replica = await startTestServer(fixture.database, options);
+    const secret = `p${randomBytes(6).toString("hex")}`;
+    person = await seedPerson(secret);
+    await eraseAndWait(person.subject);
+    erased = [secret, person.phone, person.mail, person.visitor];
+  });
+  afterAll(async () => {
+    await replica?.erasures.close();
+    await replica?.server.close();
+  });
+  const leaks = (text: string) => erased.filter((value) => text.includes(value));
+
+  it("no row of any table holds an erased string", async () => {
+    const tables = await rows<{ name: string }>(fixture.database, "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'");
+    for (const { name } of tables) {
+      const all = await rows(fixture.database, `SELECT t::text AS row FROM "${name}" t`);
+      expect(leaks(all.map((row) => row.row).join("\n")), name).toEqual([]);
+    }
+  });
+
+  // On PostgreSQL: the embedded database is a newer major version than Debian's pg_dump reads (the row scan above covers it).
+  it.runIf(databaseKind === "postgres" && requires("pg_dump"))("pg_dump's logical dump of the database holds no erased string", async () => {
+    // Run asynchronously: the embedded database answers from this very process.
+    const dump = await promisify(execFile)(locateProgram("pg_dump") ?? "pg_dump", ["--no-owner", `--dbname=${fixture.database.url}`], {
+      encoding: "utf8",
+      maxBuffer: 512 * 1024 * 1024,
+      timeout: 60_000,
+    });
+    expect(dump.stderr).toBe("");
+    expect(dump.stdout).toContain("crm_ingest_events");
+    expect(leaks(dump.stdout)).toEqual([]);
+  });
+
+  it("no feed RPC on either replica returns an erased string: Get, List, and Watch from the beginning", async () => {
+    for (const server of [fixture.server, replica]) {
+      const client = feed(server);
+      const listed = await client.listIngestEvents({ pageSize: 1000 });
+      const watch = openWatch(client, { start: Start.BEGINNING });
+      const lastId = listed.ingestEvents.at(-1)!.id;
+      await waitFor(() => watch.ids().includes(lastId));
+      watch.cancel();
+      const got = await Promise.all(person.eventIds.map((id) => client.getIngestEvent({ id })));
+      const text = JSON.stringify([listed.ingestEvents, watch.responses, got], (_, value: unknown) => (typeof value === "bigint" ? value.toString() : value));
+      expect(text).toContain(person.eventIds[0]);
+      expect(leaks(text)).toEqual([]);
+    }
   });
 });

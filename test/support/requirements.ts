@@ -10,7 +10,7 @@ import path from "node:path";
  */
 export const REQUIRE_ALL_VARIABLE = "AURORA_TEST_REQUIRE_ALL";
 
-export type ProgramName = "nats-server" | "chromium" | "openssl" | "curl";
+export type ProgramName = "nats-server" | "chromium" | "openssl" | "curl" | "pg_dump";
 
 interface Program {
   /** The vitest project whose tests need it. */
@@ -48,6 +48,12 @@ export const PROGRAMS: Record<ProgramName, Program> = {
     tests: "the curl cases of test/tls.test.ts",
     install: "curl with HTTP/2 (Debian: apt-get install curl)",
     locate: () => runs(onPath("curl")),
+  },
+  pg_dump: {
+    project: "integration",
+    tests: "the logical dump check of an erasure (test/erasure.test.ts)",
+    install: "PostgreSQL's pg_dump (Debian: apt-get install postgresql-client)",
+    locate: () => runs(onPath("pg_dump")),
   },
 };
 
