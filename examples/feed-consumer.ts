@@ -11,7 +11,12 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { IngestEventService, WatchIngestEventsRequest_Start as Start, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import {
+  IngestEventKind,
+  IngestEventService,
+  WatchIngestEventsRequest_Start as Start,
+  type IngestEvent,
+} from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 
 const CONSUMER = "timeline";
 
@@ -35,6 +40,14 @@ await db.query(`
 
 /** This consumer's effect of one event; runs inside the transaction that also stores the token. */
 async function apply(client: pg.PoolClient, event: IngestEvent): Promise<void> {
+  if (event.kind === IngestEventKind.ERASURE) {
+    // A person's data was erased (docs/privacy.md): drop what this service
+    // keeps of their contacts. The erased events themselves come back erased
+    // from GetIngestEvent; the erasure event is not a timeline entry.
+    const contactIds = (event.metadata?.contact_ids as string[] | undefined) ?? [];
+    await client.query("DELETE FROM timeline_entries WHERE contact_id = ANY($1::uuid[])", [contactIds]);
+    return;
+  }
   await client.query("INSERT INTO timeline_entries (event_id, contact_id, source, received_at) VALUES ($1, $2, $3, $4)", [
     event.id,
     event.contactId || null,

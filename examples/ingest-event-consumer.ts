@@ -39,7 +39,7 @@ import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trac
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { IngestEventSchema, IngestEventService, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
+import { IngestEventKind, IngestEventSchema, IngestEventService, type IngestEvent } from "../gen/aurora/crm/v1/ingest_event_service_pb.js";
 
 const env = process.env;
 const natsUrl = env.NATS_URL || "nats://127.0.0.1:4222";
@@ -111,6 +111,10 @@ for await (const message of messages) {
 async function applyEvent(client: pg.PoolClient, event: IngestEvent): Promise<boolean> {
   const recorded = await client.query("INSERT INTO example_processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING", [event.id]);
   if (recorded.rowCount !== 1) return false;
+  // An erasure (docs/privacy.md) asks each consumer to drop what it keeps of
+  // the person; this one keeps only counts per channel, so there is nothing
+  // to drop, and the erasure record is not a message to count.
+  if (event.kind === IngestEventKind.ERASURE) return true;
   // The effect, in the same transaction as the record that it happened.
   await client.query(
     `INSERT INTO example_source_counts (source, messages) VALUES ($1, 1)
