@@ -8,6 +8,7 @@ import type { Sequelize } from "sequelize-typescript";
 import type { Config } from "./config.js";
 import { DatabaseHealth, type DatabaseHealthOptions } from "./db/database-health.js";
 import { FeedHub, type FeedHubOptions } from "./feed/feed-hub.js";
+import { registerFeedMetrics } from "./feed/feed-metrics.js";
 import type { FeedRelay } from "./feed/relay/feed-relay.js";
 import { createFeedRelay } from "./feed/relay/start-relay.js";
 import type { Logger } from "./observability/logger.js";
@@ -61,7 +62,8 @@ export async function createApp(config: Config, { sequelize, log, tracing, tunin
     bufferMaxBytes: config.feed.bufferMaxBytes,
     ...tuning.feed,
   });
-  const metrics = createMetrics(new Registry(), sequelize, feedHub);
+  const metrics = createMetrics(new Registry(), sequelize);
+  registerFeedMetrics(metrics.registry, { sequelize, feedHub });
   const relay = config.relay ? createFeedRelay(config.relay, { sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry }) : undefined;
   const streams = new OpenStreams(config.serverLimits.maxOpenWatches);
   const digestKey = await readDigestKey(sequelize);

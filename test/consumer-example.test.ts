@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FeedRelay } from "../src/feed/relay/feed-relay.js";
 import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { createLogger } from "../src/observability/logger.js";
-import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createRelayMetrics } from "../src/feed/relay/relay-metrics.js";
 import { createTracing } from "../src/observability/tracing.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";

@@ -14,7 +14,7 @@ import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
 import { createFeedRelay } from "../src/feed/relay/start-relay.js";
 import { createLogger } from "../src/observability/logger.js";
-import { createRelayMetrics } from "../src/observability/metrics.js";
+import { createRelayMetrics } from "../src/feed/relay/relay-metrics.js";
 import { createTestDatabase, databaseKind, testServerUrl, type TestDatabase } from "./support/database.js";
 import { startNats, type TestNats } from "./support/nats.js";
 import { requires } from "./support/requirements.js";

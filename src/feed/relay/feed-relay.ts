@@ -19,7 +19,7 @@ import type { Sequelize } from "sequelize-typescript";
 import { IngestEventSchema } from "../../../gen/aurora/crm/v1/ingest_event_service_pb.js";
 import type { RelayConfig } from "../../config.js";
 import type { Logger } from "../../observability/logger.js";
-import type { RelayMetrics } from "../../observability/metrics.js";
+import type { RelayMetrics } from "./relay-metrics.js";
 import { readDigestKey, senderStreamToken } from "../../privacy/digest-key.js";
 import { toIngestEventMessage } from "../ingest-event-message.js";
 import {

@@ -1,7 +1,7 @@
 import type { Sequelize } from "sequelize-typescript";
 import type { RelayConfig } from "../../config.js";
 import type { Logger } from "../../observability/logger.js";
-import { createRelayMetrics } from "../../observability/metrics.js";
+import { createRelayMetrics } from "./relay-metrics.js";
 import type { Registry } from "prom-client";
 import { FeedRelay, type RelayHooks } from "./feed-relay.js";
 import { advisoryLock, soleLeader } from "./leader-lock.js";
