@@ -15,7 +15,7 @@ import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
-import { CALL_STORE_EVENTS, STORE_EVENTS, sessionSetup } from "../src/ingest/ingest-message.js";
+import { CALL_STORE_EVENTS, STORE_EVENTS, STORE_EVENTS_PARAMETERS, sessionSetup } from "../src/ingest/ingest-message.js";
 import { cpuByPid, cpuBetween } from "./proc.js";
 import { knownSender, seedContactsSql } from "./traffic.js";
 
@@ -46,8 +46,11 @@ try {
     const sender = knownSender(1 + (n % 10_000));
     n++;
     const key = sender.source === "email" ? { whatsapp: null, email: sender.senderId } : { whatsapp: sender.senderId, email: null };
-    return [[sender.source], [sender.senderId], ["Olá, quero saber do pedido"], ['{"gateway":"zapi"}'], [`stmt-${n}`],
+    const arrays = [[sender.source], [sender.senderId], ["Olá, quero saber do pedido"], ['{"gateway":"zapi"}'], [`stmt-${n}`],
       [key.whatsapp], [key.email], ["LINKED"], [null], [null], ["MESSAGE"]];
+    // Inputs added to the statement since (such as the external id's digest) are left null here.
+    while (arrays.length < STORE_EVENTS_PARAMETERS.length) arrays.push([null]);
+    return arrays;
   };
 
   const explained = { planning: [] as number[], execution: [] as number[] };

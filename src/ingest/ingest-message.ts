@@ -260,7 +260,7 @@ async function writeBatch(
  * column, one entry per message. A new column is one type here, one `$n` in
  * the statement and one `column(...)` in `writeBatch`.
  */
-const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"];
+export const STORE_EVENTS_PARAMETERS = ["text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"];
 
 /**
  * One statement for a whole batch; its inputs are parallel arrays, one entry
