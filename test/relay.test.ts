@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RelayConfig } from "../src/config.js";
 import { databaseTagOf, decodeResumeToken, encodeResumeToken, loadFeedIdentity } from "../src/feed/position.js";
 import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
+import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
 import { FEED_POSITION_HEADER, formatPosition, RESUME_TOKEN_HEADER, type FeedRelay } from "../src/feed/relay/feed-relay.js";
 import { soleLeader } from "../src/feed/relay/leader-lock.js";
 import { FeedRelay as Relay } from "../src/feed/relay/feed-relay.js";
@@ -292,25 +293,14 @@ describe.runIf(requires("nats-server"))(`feed relay (${databaseKind})`, () => {
     expect(streamed.filter((m) => m.subject === `test.erase.whatsapp.${token}`)).toHaveLength(2);
     expect(streamed.filter((m) => m.subject === "test.erase.whatsapp")).toHaveLength(6);
 
-    // What the erasure job leaves (docs/privacy.md): the events erased, the job with its tokens, and one ERASURE event.
+    // Through the erasure job, as the privacy API starts it.
     const erase = async () => {
-      const [{ id: requestId }] = await database.sequelize.query<{ id: string }>(
-        "INSERT INTO crm_privacy_requests (kind, requested_by) VALUES ('ERASURE', 'test') RETURNING id",
-        { type: QueryTypes.SELECT },
-      );
-      await database.sequelize.query("INSERT INTO crm_privacy_erasures (request_id, kind, state, stream_tokens) VALUES ($1, 'ERASURE', 'DONE', $2::text[])", {
-        bind: [requestId, [token]],
-      });
-      await database.sequelize.query(
-        `UPDATE crm_ingest_events SET content = '', sender_id = '', metadata = jsonb_build_object('erased', 'ERASURE', 'privacy_request_id', $1::text)
-         WHERE sender_id = $2`,
-        { bind: [requestId, erasedSender] },
-      );
-      await database.sequelize.query(
-        `INSERT INTO crm_ingest_events (source, sender_id, content, metadata, status, kind)
-         VALUES ('privacy', '', '', jsonb_build_object('privacy_request_id', $1::text), 'RECEIVED', 'ERASURE')`,
-        { bind: [requestId] },
-      );
+      const subject = { contactIds: [], senders: [{ source: "whatsapp", senderId: erasedSender }] };
+      await startErasure(database.sequelize, key, { requestedBy: "relay test", subject, resolved: subject });
+      const runner = new ErasureRunner({ sequelize: database.sequelize, digestKey: key, log });
+      runner.wake();
+      await runner.idle();
+      await runner.close();
     };
     await erase();
     // The same person writes again after the erasure: that message stays.
