@@ -60,6 +60,7 @@ export async function createApp(config: Config, { sequelize, log, tracing, tunin
     maxWatches: config.feed.maxWatchStreams,
     readMaxBytes: config.feed.readMaxBytes,
     bufferMaxBytes: config.feed.bufferMaxBytes,
+    readMaxScan: config.feed.readMaxScan,
     ...tuning.feed,
   });
   const metrics = createMetrics(new Registry(), sequelize);

@@ -163,6 +163,8 @@ export interface FeedConfig {
   readMaxBytes: number;
   /** Most bytes of events the watch hub keeps in memory for watchers (docs/hardening.md). */
   bufferMaxBytes: number;
+  /** Most events one filtered feed read examines before it answers with what it found and a token to continue. */
+  readMaxScan: number;
 }
 
 /** The configurable limits on a request; the fixed rules live in the proto. */
@@ -397,6 +399,7 @@ export const environment = z.object({
   FEED_MAX_WATCH_STREAMS: integer(1_000, 1, 100_000),
   FEED_READ_MAX_BYTES: integer(512 * 1024, 1024, 256 * 1024 * 1024),
   FEED_BUFFER_MAX_BYTES: integer(32 * 1024 * 1024, 1024, 4 * 1024 * 1024 * 1024),
+  FEED_READ_MAX_SCAN: integer(10_000, 100, 10_000_000),
 
   OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint(),
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otlpEndpoint(),
@@ -532,6 +535,7 @@ function toConfig(v: Variables): Config {
       maxWatchStreams: v.FEED_MAX_WATCH_STREAMS,
       readMaxBytes: v.FEED_READ_MAX_BYTES,
       bufferMaxBytes: v.FEED_BUFFER_MAX_BYTES,
+      readMaxScan: v.FEED_READ_MAX_SCAN,
     },
     tls: v.TLS_CERT_FILE && v.TLS_KEY_FILE ? { cert: v.TLS_CERT_FILE, key: v.TLS_KEY_FILE, clientCa: v.TLS_CLIENT_CA_FILE } : undefined,
     ingestBatch: { maxBatch: v.INGEST_BATCH_MAX, maxInFlight: v.INGEST_BATCHES_IN_FLIGHT },

@@ -76,4 +76,23 @@ describe(`feed pages are bounded by size (${databaseKind})`, () => {
       await server.server.close();
     }
   });
+
+  it("a filtered page examines at most FEED_READ_MAX_SCAN events: fewer or no events, and a next token to continue", async () => {
+    const server = await startTestServer(fixture.database, { feed: { readMaxScan: 100 } });
+    try {
+      const total = (await rows<{ n: string }>(fixture.database, "SELECT count(*) AS n FROM crm_ingest_events"))[0].n;
+      const client = feedClient(feedTransports["gRPC"](server.baseUrl));
+      // No event is from 'email': each page examines 100 events and says where to go on.
+      const pages: number[] = [];
+      let pageToken = "";
+      do {
+        const page = await client.listIngestEvents({ source: "email", pageSize: 10, pageToken });
+        pages.push(page.ingestEvents.length);
+        pageToken = page.nextPageToken;
+      } while (pageToken && pages.length < 100);
+      expect(pages).toEqual(Array.from({ length: Math.ceil(Number(total) / 100) }, () => 0));
+    } finally {
+      await server.server.close();
+    }
+  });
 });

@@ -134,15 +134,37 @@ describe(`the feed's store (${databaseKind})`, () => {
     const { events } = await readFeed(database.sequelize, { after: null, limit: 15_000 });
     for (const after of [FEED_START, events.at(-1)!.position]) {
       const [row] = await database.sequelize.query<{ "QUERY PLAN": unknown }>(`EXPLAIN (FORMAT JSON) ${READ_FEED}`, {
-        bind: [after.xid.toString(), after.seq.toString(), 101, null, null, null, 524288],
+        bind: [after.xid.toString(), after.seq.toString(), 101, null, null, null, 524288, 101],
         type: QueryTypes.SELECT,
       });
       const plan = JSON.stringify(row["QUERY PLAN"]);
       // The horizon reads the cluster's sessions and prepared transactions (small catalogs, scanned whole); the events only by the index.
       const events = nodes((row["QUERY PLAN"] as Array<{ Plan: PlanNode }>)[0].Plan).filter((node) => node["Relation Name"] === "crm_ingest_events");
       expect(events.map((node) => [node["Node Type"], node["Index Name"]])).toEqual([["Index Scan", "crm_ingest_events_feed_position_key"]]);
-      expect(plan).not.toContain('"Node Type":"Sort"');
+      // Only the page itself may be sorted (after the join that keeps an empty page's row), never the range.
+      const sorts = nodes((row["QUERY PLAN"] as Array<{ Plan: PlanNode }>)[0].Plan).filter((node) => node["Node Type"] === "Sort");
+      for (const sort of sorts) expect(sort["Plan Rows"]).toBeLessThanOrEqual(101);
+      expect(plan).toContain('"Node Type":"Limit"');
     }
+  });
+
+  it("a filtered read that no index serves examines at most maxScan events, and continues after them", async () => {
+    // The 20,000 rows of the test above: none is from 'email'.
+    const all = (await readFeed(database.sequelize, { after: null, limit: 100_000 })).events;
+    expect(all.length).toBeGreaterThan(2_000);
+    const page = await readFeed(database.sequelize, { after: null, limit: 100, maxScan: 500, filters: { source: "email" } });
+    expect(page).toEqual({ events: [], position: all[499].position, more: true });
+    const next = await readFeed(database.sequelize, { after: page.position, limit: 100, maxScan: 500, filters: { source: "web" } });
+    expect(next.events.map((event) => event.id)).toEqual(all.slice(500, 600).map((event) => event.id));
+    const [row] = await database.sequelize.query<{ "QUERY PLAN": unknown }>(`EXPLAIN (ANALYZE, FORMAT JSON) ${READ_FEED}`, {
+      bind: ["0", "0", 101, "email", null, null, 524288, 500],
+      type: QueryTypes.SELECT,
+    });
+    const scans = nodes((row["QUERY PLAN"] as Array<{ Plan: PlanNode }>)[0].Plan).filter((node) => node["Relation Name"] === "crm_ingest_events");
+    // The page's scan and the read of where it ended, each bounded by the LIMIT on the range.
+    expect(scans.length).toBeGreaterThan(0);
+    for (const scan of scans) expect(scan["Actual Rows"]! * (scan["Actual Loops"] ?? 1)).toBeLessThanOrEqual(500);
+    expect(scans.reduce((sum, scan) => sum + scan["Actual Rows"]!, 0)).toBeGreaterThan(0);
   });
 });
 
@@ -150,6 +172,9 @@ interface PlanNode {
   "Node Type": string;
   "Relation Name"?: string;
   "Index Name"?: string;
+  "Actual Rows"?: number;
+  "Plan Rows"?: number;
+  "Actual Loops"?: number;
   Plans?: PlanNode[];
 }
 

@@ -18,6 +18,8 @@ export interface FeedHubOptions {
   bufferEvents?: number;
   /** Byte budget of every feed read this process serves (a List page, a poll, a watch catching up; see readFeed's `maxBytes`). */
   readMaxBytes?: number;
+  /** Most events one filtered read examines (readFeed's `maxScan`): a List page, a filtered watch catching up. */
+  readMaxScan?: number;
   /** Most bytes of events (readFeed's weights) kept in that buffer. */
   bufferMaxBytes?: number;
 }
@@ -56,6 +58,7 @@ export class FeedHub implements FeedNotifier {
   readonly checkpointIntervalMs: number;
   readonly maxWatches: number;
   readonly readMaxBytes: number;
+  readonly readMaxScan: number;
   private readonly bufferEvents: number;
   private readonly bufferMaxBytes: number;
 
@@ -83,6 +86,7 @@ export class FeedHub implements FeedNotifier {
     this.maxWatches = options.maxWatches ?? 1_000;
     this.bufferEvents = options.bufferEvents ?? 10_000;
     this.readMaxBytes = options.readMaxBytes ?? 512 * 1024;
+    this.readMaxScan = options.readMaxScan ?? 10_000;
     this.bufferMaxBytes = options.bufferMaxBytes ?? 32 * 1024 * 1024;
   }
 
@@ -149,9 +153,10 @@ export class FeedHub implements FeedNotifier {
           // deliverable event, so everything up to the poll's tail as it
           // was before the read has been seen.
           const tailBefore = this.tail!;
-          const page = await readFeed(this.sequelize, { after: position, limit: PAGE, maxBytes: this.readMaxBytes, filters });
+          const page = await readFeed(this.sequelize, { after: position, limit: PAGE, maxBytes: this.readMaxBytes, maxScan: this.readMaxScan, filters });
           items = page.events.map((event) => ({ event, position: event.position }));
-          if (!page.more) items.push({ position: laterPosition(page.position, tailBefore) });
+          // (A filtered read that reached its scan bound ends after its last match.)
+          items.push({ position: page.more ? page.position : laterPosition(page.position, tailBefore) });
         }
         for (const item of items) {
           position = laterPosition(position, item.position);

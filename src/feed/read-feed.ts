@@ -38,6 +38,13 @@ export interface ReadFeedOptions {
    * event. Absent: no budget.
    */
   maxBytes?: number;
+  /**
+   * The most events a filtered read examines: when that many pass without
+   * filling the page, it ends with fewer events, or none, and a position
+   * after the last one examined, so a filter that no index serves never
+   * scans the table. Absent: no bound.
+   */
+  maxScan?: number;
   filters?: FeedFilters;
 }
 
@@ -46,7 +53,7 @@ export interface FeedPage {
   events: FeedEvent[];
   /** The position after the last event returned (`after` when none was). */
   position: FeedPosition;
-  /** The read stopped at its limit or its byte budget: more events may follow `position` now. */
+  /** The read stopped at its limit, its byte budget or its scan bound: more events may follow `position` now. */
   more: boolean;
 }
 
@@ -66,18 +73,32 @@ export interface FeedPage {
 export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): Promise<FeedPage> {
   const after = options.after ?? FEED_START;
   const filters = options.filters ?? {};
-  const rows = await select<EventRow & { bytes: number; found: string }>(sequelize, READ_FEED, [
-    after.xid.toString(),
-    after.seq.toString(),
-    options.limit,
-    filters.source ?? null,
-    filters.contactId ?? null,
-    filters.status ?? null,
-    options.maxBytes ?? null,
-  ]);
-  const events = rows.map((row) => ({ ...toFeedEvent(row), bytes: Number(row.bytes) }));
-  const found = Number(rows[0]?.found ?? 0);
-  return { events, position: events.at(-1)?.position ?? after, more: found === options.limit || events.length < found };
+  const filtered = filters.source !== undefined || filters.contactId !== undefined || filters.status !== undefined;
+  const rows = await select<(EventRow & { bytes: number; found: string; scan_end: string | null }) | { id: null; scan_end: string | null }>(
+    sequelize,
+    READ_FEED,
+    [
+      after.xid.toString(),
+      after.seq.toString(),
+      options.limit,
+      filters.source ?? null,
+      filters.contactId ?? null,
+      filters.status ?? null,
+      options.maxBytes ?? null,
+      // Unfiltered, the page is the scan: bounding it by the limit keeps the plan an index range scan.
+      filtered ? (options.maxScan ?? null) : options.limit,
+    ],
+  );
+  const events = rows.flatMap((row) => (row.id === null ? [] : [{ ...toFeedEvent(row), bytes: Number(row.bytes) }]));
+  const found = Number((rows[0] as { found?: string } | undefined)?.found ?? 0);
+  if (found === options.limit || events.length < found) return { events, position: events.at(-1)!.position, more: true };
+  // Every match of the scan was returned; a scan that reached its bound continues after its last row.
+  const scanEnd = rows[0]?.scan_end;
+  if (scanEnd) {
+    const [xid, seq] = scanEnd.split("/");
+    return { events, position: { xid: BigInt(xid), seq: BigInt(seq) }, more: true };
+  }
+  return { events, position: events.at(-1)?.position ?? after, more: false };
 }
 
 /**
@@ -119,24 +140,35 @@ const EVENT_BYTES = "octet_length(content) + octet_length(metadata::text) + 4096
 
 /**
  * The page read; exported so a test can check its plan stays an index range
- * scan. `found` is how many events the scan found within the limit; the
- * page is cut where their running size passes the budget ($7), after the
- * first event.
+ * scan. The filters apply to at most $8 events of the range (all when
+ * null); `found` is how many matched within the limit; the page is cut where
+ * their running size passes the budget ($7), after the first event.
+ * `scan_end` is the position of the $8th event of the range, when a filtered
+ * scan is bounded and reached it (read only then). One row with a null id when
+ * no event is returned.
  */
 export const READ_FEED = `
-    SELECT ${FEED_EVENT_COLUMNS}, bytes, found FROM (
+    WITH horizon AS MATERIALIZED (SELECT ${FEED_HORIZON} AS xid)
+    SELECT ${FEED_EVENT_COLUMNS}, bytes, found, ends.scan_end FROM (
+      SELECT CASE WHEN $8::bigint IS NOT NULL AND NOT ($4::text IS NULL AND $5::uuid IS NULL AND $6::text IS NULL) THEN (
+        SELECT feed_xid::text || '/' || feed_seq::text FROM crm_ingest_events
+        WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint) AND feed_xid < (SELECT xid FROM horizon)
+        ORDER BY feed_xid, feed_seq OFFSET $8::bigint - 1 LIMIT 1) END AS scan_end) ends
+    LEFT JOIN (
       SELECT page.*, sum(bytes) OVER w AS running, row_number() OVER w AS n, count(*) OVER () AS found
       FROM (
-        SELECT *, ${EVENT_BYTES} AS bytes FROM crm_ingest_events
-        WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint)
-          AND feed_xid < ${FEED_HORIZON}
-          AND ($4::text IS NULL OR source = $4::text)
+        SELECT *, ${EVENT_BYTES} AS bytes FROM (
+          SELECT * FROM crm_ingest_events
+          WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint) AND feed_xid < (SELECT xid FROM horizon)
+          ORDER BY feed_xid, feed_seq
+          LIMIT $8::bigint) scanned
+        WHERE ($4::text IS NULL OR source = $4::text)
           AND ($5::uuid IS NULL OR contact_id = $5::uuid)
           AND ($6::text IS NULL OR status = $6::text)
         ORDER BY feed_xid, feed_seq
         LIMIT $3) page
       WINDOW w AS (ORDER BY feed_xid, feed_seq)) sized
-    WHERE $7::bigint IS NULL OR running <= $7::bigint OR n = 1
+    ON $7::bigint IS NULL OR running <= $7::bigint OR n = 1
     ORDER BY feed_xid, feed_seq`;
 
 // The same horizon as READ_FEED's, read without touching the table.

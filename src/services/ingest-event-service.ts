@@ -72,9 +72,12 @@ export function createIngestEventService(dependencies: IngestEventDependencies):
       const pageSize = Math.min(request.pageSize || DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
       // One more than asked tells whether another page follows; a page also
       // ends early, with a next token, when it reaches its byte budget.
-      const { events, more } = await readFeed(sequelize, { after, limit: pageSize + 1, maxBytes: feedHub.readMaxBytes, filters });
+      // A filtered page examines at most readMaxScan events: it may end with
+      // fewer events, or none, and a next token after the last one examined.
+      const read = await readFeed(sequelize, { after, limit: pageSize + 1, maxBytes: feedHub.readMaxBytes, maxScan: feedHub.readMaxScan, filters });
+      const { events, more } = read;
       const page = events.slice(0, pageSize);
-      const position = page.at(-1)?.position ?? after;
+      const position = events.length > pageSize ? page.at(-1)!.position : read.position;
       summary(context).events = page.length;
       return {
         ingestEvents: page.map(toIngestEventMessage),

@@ -33,7 +33,7 @@ export type TestServerOptions = {
   defaultPhoneRegion?: PhoneRegion;
   health?: Partial<DatabaseHealthOptions>;
   limits?: InputLimits;
-  feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents" | "readMaxBytes" | "bufferMaxBytes">;
+  feed?: Pick<FeedHubOptions, "pollIntervalMs" | "checkpointIntervalMs" | "maxWatches" | "bufferEvents" | "readMaxBytes" | "bufferMaxBytes" | "readMaxScan">;
   apiTokens?: string[];
   feedApiTokens?: string[];
   erasures?: { batchRows?: number };
