@@ -2,6 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { QueryTypes } from "sequelize";
 import type { Sequelize } from "sequelize-typescript";
 import { createMigrator, SCHEMA_MIGRATIONS_TABLE } from "./migrator.js";
+import { abortable } from "../abortable.js";
 import type { Logger } from "../observability/logger.js";
 
 export interface DatabaseHealthOptions {
@@ -162,9 +163,8 @@ function sqlState(error: unknown): string | undefined {
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  const timeout = AbortSignal.timeout(ms);
+  return abortable(promise, timeout).catch((error: unknown) => {
+    throw timeout.aborted ? new Error(`no answer within ${ms} ms`) : error;
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

@@ -7,6 +7,7 @@ import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import pg from "pg";
 import { Sequelize } from "sequelize-typescript";
 import { sessionSetup } from "../ingest/ingest-message.js";
+import { abortable } from "../abortable.js";
 import { lockDataDir } from "./data-dir-lock.js";
 import { Contact } from "./models/Contact.js";
 import { Deal } from "./models/Deal.js";
@@ -131,8 +132,11 @@ async function closePool(sequelize: Sequelize, waitMs?: number, cancelRunning?: 
   if (waitMs === undefined) return sequelize.close();
   const closed = sequelize.close().then(() => true);
   const within = (ms: number) => {
-    let timer: NodeJS.Timeout | undefined;
-    return Promise.race([closed, new Promise<false>((resolve) => (timer = setTimeout(resolve, ms, false)))]).finally(() => clearTimeout(timer));
+    const timeout = AbortSignal.timeout(ms);
+    return abortable(closed, timeout).catch((error: unknown) => {
+      if (timeout.aborted) return false;
+      throw error;
+    });
   };
   if ((await within(waitMs)) || !cancelRunning) return;
   await cancelRunning();

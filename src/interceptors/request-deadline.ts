@@ -1,4 +1,5 @@
 import type { Interceptor } from "@connectrpc/connect";
+import { abortable } from "../abortable.js";
 import { DatabaseTimeoutError } from "./errors.js";
 
 /**
@@ -17,22 +18,13 @@ export function deadlineInterceptor(timeoutMs: number): Interceptor {
   return (next) => async (request) => {
     // Only unary calls: a stream (a health watch, say) may rightly stay open.
     if (request.stream) return next(request);
-    const controller = new AbortController();
-    const cancelled = () => controller.abort(request.signal.reason);
-    request.signal.addEventListener("abort", cancelled, { once: true });
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const error = new DatabaseTimeoutError(timeoutMs, /^(Get|List)[A-Z]/.test(request.method.name));
-        controller.abort(error);
-        reject(error);
-      }, timeoutMs);
-    });
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const signal = AbortSignal.any([request.signal, deadline]);
     try {
-      return await Promise.race([next({ ...request, signal: controller.signal }), deadline]);
-    } finally {
-      clearTimeout(timer);
-      request.signal.removeEventListener("abort", cancelled);
+      return await abortable(next({ ...request, signal }), signal);
+    } catch (error) {
+      if (deadline.aborted) throw new DatabaseTimeoutError(timeoutMs, /^(Get|List)[A-Z]/.test(request.method.name));
+      throw error;
     }
   };
 }

@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { UniversalHandlerFn, UniversalServerRequest } from "@connectrpc/connect/protocol";
+import { abortable } from "../abortable.js";
 
 export interface RequestBodyLimits {
   /** Longest a client may take to send a body once Connect starts reading it. */
@@ -47,22 +48,15 @@ export function limitRequestBody(handler: UniversalHandlerFn, limits: RequestBod
 
 /** Yields `body`'s chunks, failing with `deadline_exceeded` if the last one has not arrived within `ms`. */
 async function* receivedWithin(body: AsyncIterable<Uint8Array>, ms: number, deadline: { expired: boolean }): AsyncIterable<Uint8Array> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      deadline.expired = true;
-      reject(new ConnectError(`the request body was not received within ${ms} ms`, Code.DeadlineExceeded));
-    }, ms);
-  });
-  expired.catch(() => undefined);
+  const timeout = AbortSignal.timeout(ms);
   const chunks = body[Symbol.asyncIterator]();
-  try {
-    for (;;) {
-      const next = await Promise.race([chunks.next(), expired]);
-      if (next.done) return;
-      yield next.value;
-    }
-  } finally {
-    clearTimeout(timer);
+  for (;;) {
+    const next = await abortable(chunks.next(), timeout).catch((error: unknown) => {
+      if (!timeout.aborted) throw error;
+      deadline.expired = true;
+      throw new ConnectError(`the request body was not received within ${ms} ms`, Code.DeadlineExceeded);
+    });
+    if (next.done) return;
+    yield next.value;
   }
 }
