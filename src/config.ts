@@ -58,6 +58,8 @@ export interface Config {
   tracing: TracingConfig | undefined;
   /** The feed's relay to NATS JetStream; undefined (NATS_URL unset) turns it off. */
   relay: RelayConfig | undefined;
+  /** Days after which an event's content, metadata, error text and trace context are erased (docs/privacy.md, "Retention"); 0: kept. */
+  eventContentRetentionDays: number;
   /** Meta's WhatsApp Cloud API webhook (docs/channels.md); undefined, and the route not served, until its secrets are set. */
   whatsapp: WhatsappWebhookConfig | undefined;
   /** Evolution API's webhook (docs/channels.md); undefined, and the route not served, until its JWT keys are set. */
@@ -400,6 +402,7 @@ export const environment = z.object({
   FEED_READ_MAX_BYTES: integer(512 * 1024, 1024, 256 * 1024 * 1024),
   FEED_BUFFER_MAX_BYTES: integer(32 * 1024 * 1024, 1024, 4 * 1024 * 1024 * 1024),
   FEED_READ_MAX_SCAN: integer(10_000, 100, 10_000_000),
+  EVENT_CONTENT_RETENTION_DAYS: integer(0, 0, 36_500),
 
   OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint(),
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otlpEndpoint(),
@@ -550,6 +553,7 @@ function toConfig(v: Variables): Config {
     },
     corsAllowedOrigins: v.CORS_ALLOWED_ORIGINS,
     tracing: tracingOff ? undefined : { protocol: protocol === "http/json" ? "http/json" : "http/protobuf" },
+    eventContentRetentionDays: v.EVENT_CONTENT_RETENTION_DAYS,
     relay:
       v.NATS_URL === ""
         ? undefined

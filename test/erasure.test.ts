@@ -10,7 +10,7 @@ import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { PrivacyRequestKind, PrivacyRequestState, PrivacyService } from "../gen/aurora/crm/v1/privacy_service_pb.js";
 import { createLogger } from "../src/observability/logger.js";
 import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
-import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
+import { ErasureRunner, startErasure, startRetention } from "../src/privacy/erase-subject.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { openWatch, type OpenWatch } from "./support/feed.js";
 import { locateProgram, requires } from "./support/requirements.js";
@@ -326,5 +326,38 @@ describe(`proof: nothing erased remains readable (${databaseKind})`, () => {
       expect(text).toContain(person.eventIds[0]);
       expect(leaks(text)).toEqual([]);
     }
+  });
+});
+
+describe(`retention (${databaseKind})`, () => {
+  it("erases the content of events older than N days, once, one run at a time, and tells the feed", async () => {
+    const old = await ingest({ source: "web", senderId: "old-visitor", content: "old secret", metadata: { page: "/old" } });
+    const recent = await ingest({ source: "web", senderId: "new-visitor", content: "recent" });
+    await fixture.database.sequelize.query("UPDATE crm_ingest_events SET created_at = now() - interval '40 days' WHERE id = $1::uuid", { bind: [old.eventId] });
+    const key = await readDigestKey(fixture.database.sequelize);
+    const runner = new ErasureRunner({ sequelize: fixture.database.sequelize, digestKey: key, log: createLogger({ level: "silent" }), batchRows: 2 });
+
+    const first = await startRetention(fixture.database.sequelize, 30);
+    expect(first).toBeDefined();
+    // One run at a time, whichever replica asks.
+    expect(await startRetention(fixture.database.sequelize, 30)).toBeUndefined();
+    runner.wake();
+    await runner.idle();
+
+    const [erased] = await eventRows([old.eventId]);
+    expect(erased).toMatchObject({ content: "", sender_id: "old-visitor", trace_parent: null, metadata: { erased: "RETENTION", privacy_request_id: first } });
+    expect((await eventRows([recent.eventId]))[0].content).toBe("recent");
+    const record = (await privacy().getPrivacyRequest({ id: first! })).privacyRequest!;
+    expect(record).toMatchObject({ kind: PrivacyRequestKind.RETENTION, state: PrivacyRequestState.DONE, requestedBy: "retention" });
+    expect(record.ingestEvents).toBeGreaterThanOrEqual(1n);
+    const [event] = await eventRows([record.erasureEventId]);
+    expect(event).toMatchObject({ kind: "ERASURE", source: "privacy", metadata: { reason: "RETENTION", privacy_request_id: first } });
+
+    // The next run starts at this one's cutoff: nothing is erased twice, and an empty run tells the feed nothing.
+    const second = await startRetention(fixture.database.sequelize, 30);
+    runner.wake();
+    await runner.idle();
+    const again = (await privacy().getPrivacyRequest({ id: second! })).privacyRequest!;
+    expect(again).toMatchObject({ state: PrivacyRequestState.DONE, ingestEvents: 0n, erasureEventId: "" });
   });
 });

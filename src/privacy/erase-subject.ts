@@ -101,6 +101,9 @@ export interface ErasureRunnerOptions {
   batchRows?: number;
   /** How often `start()` looks for unfinished jobs (another replica's, or one this process was stopped in). */
   resumeIntervalMs?: number;
+  /** EVENT_CONTENT_RETENTION_DAYS: with `start()`, a retention run is started every `retentionIntervalMs`; 0: none. */
+  retentionDays?: number;
+  retentionIntervalMs?: number;
 }
 
 /**
@@ -121,6 +124,9 @@ export class ErasureRunner {
   private again = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
+  private retentionTimer: NodeJS.Timeout | undefined;
+  private readonly retentionDays: number;
+  private readonly retentionIntervalMs: number;
 
   constructor(options: ErasureRunnerOptions) {
     this.sequelize = options.sequelize;
@@ -129,6 +135,8 @@ export class ErasureRunner {
     this.feedNotifier = options.feedNotifier;
     this.batchRows = options.batchRows ?? ERASURE_BATCH_ROWS;
     this.resumeIntervalMs = options.resumeIntervalMs ?? 30_000;
+    this.retentionDays = options.retentionDays ?? 0;
+    this.retentionIntervalMs = options.retentionIntervalMs ?? 3_600_000;
   }
 
   /** Continues unfinished jobs now and then every `resumeIntervalMs`. */
@@ -136,6 +144,19 @@ export class ErasureRunner {
     this.wake();
     this.timer = setInterval(() => this.wake(), this.resumeIntervalMs);
     this.timer.unref();
+    if (this.retentionDays > 0) {
+      this.retain();
+      this.retentionTimer = setInterval(() => this.retain(), this.retentionIntervalMs);
+      this.retentionTimer.unref();
+    }
+  }
+
+  /** Starts a retention run unless one runs on some replica, and works on it. */
+  retain(): void {
+    startRetention(this.sequelize, this.retentionDays).then(
+      (started) => started && this.wake(),
+      (error: unknown) => this.log.error({ err: error }, "retention run could not start; it is tried again later"),
+    );
   }
 
   /** Works on every unfinished job now (a new one was just recorded). */
@@ -165,12 +186,13 @@ export class ErasureRunner {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    clearInterval(this.retentionTimer);
     await this.running;
   }
 
   private async runAll(): Promise<void> {
     const jobs = await this.sequelize.query<{ request_id: string }>(
-      "SELECT request_id FROM crm_privacy_erasures WHERE state = 'RUNNING' AND kind = 'ERASURE' ORDER BY updated_at",
+      "SELECT request_id FROM crm_privacy_erasures WHERE state = 'RUNNING' ORDER BY updated_at",
       { type: QueryTypes.SELECT },
     );
     for (const job of jobs) {
@@ -184,12 +206,17 @@ export class ErasureRunner {
     const outcome = await this.sequelize.transaction(async (transaction) => {
       const query = <Row extends object>(sql: string, bind: unknown[]) => this.sequelize.query<Row>(sql, { bind, transaction, type: QueryTypes.SELECT });
       const [job] = await query<JobRow>(
-        `SELECT request_id, subject, scope_index, cursor_at::text AS cursor_at, cursor_id, events_erased::int AS events_erased, stream_tokens
+        `SELECT request_id, kind, subject, scope_index, cursor_at::text AS cursor_at, cursor_id, events_erased::int AS events_erased, stream_tokens
          FROM crm_privacy_erasures WHERE request_id = $1::uuid AND state = 'RUNNING' FOR UPDATE SKIP LOCKED`,
         [requestId],
       );
       if (!job) return "busy" as const;
-      const subject = job.subject;
+      if (job.kind === "RETENTION") {
+        const outcome = await this.retentionStep(job, transaction);
+        if (outcome !== "more") finished = outcome.eventId;
+        return outcome === "more" ? outcome : ("done" as const);
+      }
+      const subject = job.subject as JobSubject;
       const scopes = [...subject.contactIds.map((contactId) => ({ contactId })), ...subject.senders];
       if (job.scope_index >= scopes.length) {
         finished = await this.finish(job, transaction);
@@ -228,6 +255,51 @@ export class ErasureRunner {
   }
 
   /**
+   * One batch of a retention run: erases the content, metadata, error text
+   * and trace context of up to `batchRows` events created before the run's
+   * cutoff and after its cursor (sender and external id stay: they are what
+   * links an event to its contact and keeps a provider's retry out), or, when
+   * none is left, writes the run's ERASURE event and closes it.
+   */
+  private async retentionStep(job: JobRow, transaction: Transaction): Promise<"more" | { eventId: string | undefined }> {
+    const query = <Row extends object>(sql: string, bind: unknown[]) => this.sequelize.query<Row>(sql, { bind, transaction, type: QueryTypes.SELECT });
+    const subject = job.subject as RetentionSubject;
+    const rows = await query<{ id: string; key_at: string }>(RETAINED_EVENTS, [subject.before, job.cursor_at ?? subject.after, job.cursor_id, this.batchRows]);
+    if (rows.length === 0) {
+      const metadata = { privacy_request_id: job.request_id, reason: "RETENTION", events_erased: job.events_erased, erased_before: subject.before };
+      // A run that found nothing to erase tells the feed nothing.
+      const [event] =
+        job.events_erased === 0
+          ? [{ id: null }]
+          : await query<{ id: string }>(
+              `INSERT INTO crm_ingest_events (source, sender_id, content, metadata, status, kind)
+               VALUES ($1, '', '', $2::jsonb, 'RECEIVED', 'ERASURE') RETURNING id`,
+              [ERASURE_EVENT_SOURCE, JSON.stringify(metadata)],
+            );
+      await query(
+        "UPDATE crm_privacy_erasures SET state = 'DONE', erasure_event_id = $2::uuid, updated_at = now() WHERE request_id = $1::uuid RETURNING request_id",
+        [job.request_id, event.id],
+      );
+      await query(
+        `UPDATE crm_privacy_requests
+         SET state = 'DONE', finished_at = clock_timestamp(), duration_ms = floor(extract(epoch FROM clock_timestamp() - started_at) * 1000)::bigint
+         WHERE id = $1::uuid RETURNING id`,
+        [job.request_id],
+      );
+      return { eventId: event.id ?? undefined };
+    }
+    await query(ERASE_RETAINED, [rows.map((row) => row.id), job.request_id, ERASED.content, ERASED.error]);
+    const last = rows.at(-1)!;
+    await query(
+      `UPDATE crm_privacy_erasures SET cursor_at = $2::timestamptz, cursor_id = $3::uuid, events_erased = events_erased + $4, updated_at = now()
+       WHERE request_id = $1::uuid RETURNING request_id`,
+      [job.request_id, last.key_at, last.id, rows.length],
+    );
+    await query("UPDATE crm_privacy_requests SET ingest_events = ingest_events + $2 WHERE id = $1::uuid RETURNING id", [job.request_id, rows.length]);
+    return "more";
+  }
+
+  /**
    * The job's last transaction: clears the contacts' identifying fields (the
    * rows stay, and their deals), forgets the WhatsApp user ids linked to
    * them, writes the ERASURE event, and closes the job and its audit record.
@@ -235,8 +307,9 @@ export class ErasureRunner {
    */
   private async finish(job: JobRow, transaction: Transaction): Promise<string> {
     const query = <Row extends object>(sql: string, bind: unknown[]) => this.sequelize.query<Row>(sql, { bind, transaction, type: QueryTypes.SELECT });
-    const whatsappSenders = job.subject.senders.filter((sender) => sender.source === "whatsapp").map((sender) => sender.senderId);
-    const cleared = await query<{ id: string }>(CLEAR_CONTACTS, [job.subject.contactIds, whatsappSenders]);
+    const subject = job.subject as JobSubject;
+    const whatsappSenders = subject.senders.filter((sender) => sender.source === "whatsapp").map((sender) => sender.senderId);
+    const cleared = await query<{ id: string }>(CLEAR_CONTACTS, [subject.contactIds, whatsappSenders]);
     const contactIds = cleared.map((row) => row.id).sort();
     const metadata = {
       privacy_request_id: job.request_id,
@@ -268,12 +341,19 @@ export class ErasureRunner {
 
 interface JobRow {
   request_id: string;
-  subject: JobSubject;
+  kind: "ERASURE" | "RETENTION";
+  subject: JobSubject | RetentionSubject;
   scope_index: number;
   cursor_at: string | null;
   cursor_id: string | null;
   events_erased: number;
   stream_tokens: string[];
+}
+
+/** A retention run's subject: events created in [after, before). No personal data. */
+interface RetentionSubject {
+  before: string;
+  after: string | null;
 }
 
 interface EventKeyRow {
@@ -331,3 +411,51 @@ const CLEAR_CONTACTS = `
     UPDATE crm_contacts SET name = NULL, whatsapp_id = NULL, email = NULL, phone = NULL, metadata = '{}'::jsonb, updated_at = now()
     WHERE id IN (SELECT id FROM subject)
     RETURNING id`;
+
+/** Events created before a run's cutoff, after its cursor; ERASURE events are records, not content, and stay. */
+const RETAINED_EVENTS = `
+    SELECT id, created_at::text AS key_at FROM crm_ingest_events
+    WHERE created_at < $1::timestamptz AND kind <> 'ERASURE'
+      AND ($2::timestamptz IS NULL OR (created_at >= $2::timestamptz AND (created_at, id) > ($2::timestamptz, coalesce($3::uuid, '00000000-0000-0000-0000-000000000000'::uuid))))
+    ORDER BY created_at, id
+    LIMIT $4`;
+
+/** Erases the content of a batch of old events in place; sender, external id, contact and everything else stay. */
+const ERASE_RETAINED = `
+    UPDATE crm_ingest_events
+    SET content = $3, trace_parent = NULL,
+      metadata = jsonb_build_object('erased', 'RETENTION', 'privacy_request_id', $2::text),
+      error = CASE WHEN error IS NULL THEN NULL ELSE $4 END
+    WHERE id = ANY($1::uuid[])
+    RETURNING id`;
+
+/**
+ * Starts a retention run erasing the content of events older than `days`
+ * days, unless one is running (on any replica: the job table's unique index
+ * on the running subject digest lets one run exist at a time). A run starts
+ * where the last finished run's cutoff was, so each event is erased once.
+ * Returns the run's request id, or undefined when one was already running.
+ */
+export async function startRetention(sequelize: Sequelize, days: number): Promise<string | undefined> {
+  try {
+    return await sequelize.transaction(async (transaction) => {
+      const [row] = await sequelize.query<{ request_id: string }>(
+        `WITH last AS (
+           SELECT max(subject->>'before') AS after FROM crm_privacy_erasures WHERE kind = 'RETENTION' AND state = 'DONE'
+         ), request AS (
+           INSERT INTO crm_privacy_requests (kind, requested_by) VALUES ('RETENTION', 'retention') RETURNING id
+         )
+         INSERT INTO crm_privacy_erasures (request_id, kind, subject_digest, subject)
+         SELECT request.id, 'RETENTION', 'retention',
+           jsonb_build_object('before', (now() - make_interval(days => $1))::text, 'after', last.after)
+         FROM request, last
+         RETURNING request_id`,
+        { bind: [days], transaction, type: QueryTypes.SELECT },
+      );
+      return row.request_id;
+    });
+  } catch (error) {
+    if (error instanceof UniqueConstraintError) return undefined;
+    throw error;
+  }
+}
