@@ -121,6 +121,8 @@ export function routeTable(dependencies: RouteDependencies): Route[] {
     kind: "rpc",
     service: Health,
     access: "open",
+    // Probes keep Check; a Watch holds one of few slots (MAX_OPEN_WATCHES), so strangers may not take them.
+    methodAccess: { Watch: "token" },
     quiet: true,
     implementation: createHealthService(dependencies.health, served, dependencies.streams),
   };

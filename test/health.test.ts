@@ -143,3 +143,34 @@ describe(`health (${databaseKind})`, () => {
     expect((await probe("/healthz")).status).toBe(200);
   });
 });
+
+describe("with tokens configured", () => {
+  const token = "health-watch-token-0123456789";
+  let guarded: TestServer;
+  beforeAll(async () => {
+    guarded = await startTestServer(proxied, { apiTokens: [token] });
+  });
+  afterAll(async () => {
+    await guarded?.server.close(0);
+  });
+
+  it("Check stays open for probes; Watch needs a token, since each one holds a slot of MAX_OPEN_WATCHES", async () => {
+    const anonymous = createClient(Health, createGrpcTransport({ baseUrl: guarded.baseUrl }));
+    expect((await anonymous.check({ service: "" })).status).toBe(ServingStatus.SERVING);
+    const refused = await (async () => {
+      for await (const _ of anonymous.watch({ service: "" })) return undefined;
+    })().catch((error: unknown) => ConnectError.from(error));
+    expect(refused?.code).toBe(Code.Unauthenticated);
+
+    const withToken = createClient(
+      Health,
+      createGrpcTransport({ baseUrl: guarded.baseUrl, interceptors: [(next) => (request) => (request.header.set("authorization", `Bearer ${token}`), next(request))] }),
+    );
+    const controller = new AbortController();
+    for await (const response of withToken.watch({ service: "" }, { signal: controller.signal })) {
+      expect(response.status).toBe(ServingStatus.SERVING);
+      break;
+    }
+    controller.abort();
+  });
+});

@@ -18,7 +18,7 @@ import { answerEarly } from "./early-answers.js";
 import { withReadableErrors, type ErrorAnswerOptions } from "./error-answers.js";
 import { servePlainRoute } from "./plain-routes.js";
 import { limitRequestBody, type RequestBodyLimits } from "./request-size.js";
-import { indexRoutes, procedurePath, type Route, type RpcAliasRoute } from "./route-table.js";
+import { accessOf, indexRoutes, procedurePath, type Route, type RpcAliasRoute } from "./route-table.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -129,9 +129,10 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const serve = (req: Request, res: Response) => {
     const path = (req.url ?? "/").split("?")[0];
     const match = routes.match(path);
-    const access = checkToken(req, match?.route.access);
+    const declared = accessOf(match, path);
+    const access = checkToken(req, declared);
     if (access !== "allowed") {
-      return answerEarly(req, res, refusal(access, match?.route.access), access === "unauthenticated" ? { headers: { "www-authenticate": "Bearer" } } : {});
+      return answerEarly(req, res, refusal(access, declared), access === "unauthenticated" ? { headers: { "www-authenticate": "Bearer" } } : {});
     }
     if (!match) return answerUnknownPath(req, res);
     const route = match.route;

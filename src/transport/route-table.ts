@@ -82,6 +82,8 @@ export interface RpcRoute {
   kind: "rpc";
   service: DescService;
   access: Access;
+  /** Methods (by name) whose access differs from the service's. */
+  methodAccess?: Readonly<Record<string, Access>>;
   /** The service implementation (a Connect `ServiceImpl`, possibly partial). */
   implementation: object;
   quiet?: boolean;
@@ -122,6 +124,12 @@ export interface Routes {
   readonly quiet: ReadonlySet<string>;
   /** The paths served, as the answer to an unknown path names them. */
   readonly servedPaths: readonly string[];
+}
+
+/** Who may call what a path matched: the method's own access when its service declares one, else the route's. */
+export function accessOf(match: RouteMatch | undefined, path: string): Access | undefined {
+  if (match?.route.kind !== "rpc") return match?.route.access;
+  return match.route.methodAccess?.[path.slice(path.lastIndexOf("/") + 1)] ?? match.route.access;
 }
 
 /** The procedure path of an RPC method. */
