@@ -15,7 +15,7 @@ import { configProblems } from "./support/config.js";
 import { startService } from "./support/process.js";
 import { countEvents as countEventsIn } from "./support/rows.js";
 import { useTestServer } from "./support/server.js";
-import { waitFor } from "./support/wait.js";
+import { sleep, waitFor } from "./support/wait.js";
 
 const token = randomBytes(24).toString("base64url");
 const rotatedToken = randomBytes(24).toString("base64url");
@@ -115,7 +115,7 @@ describe(`bearer tokens (${databaseKind})`, () => {
     expect(received).toMatch(/^HTTP\/1\.1 401 /);
     for (let sent = 1; sent < 8; sent++) {
       await new Promise<void>((resolve) => socket.write(piece, () => resolve()));
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
     }
     // The connection is still usable: the next request on it is answered too.
     received = "";

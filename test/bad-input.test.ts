@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IngestMessageRequestSchema, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { grpcPercentEncode } from "../src/transport/early-answers.js";
 import { databaseKind } from "./support/database.js";
-import { postJson, useTestServer } from "./support/server.js";
+import { useTestServer } from "./support/server.js";
+import { postJson, postMessage } from "./support/ingest.js";
 
 const fixture = useTestServer();
 
@@ -80,7 +81,7 @@ describe(`a JSON value of the wrong type (${databaseKind})`, () => {
     ["external_id as a list", { external_id: ["k"] }, "external_id: expected string, got Array(1)"],
   ])("is refused naming the field: %s", async (_name, change, message) => {
     const before = await countEvents();
-    const response = await postJson(fixture.server.baseUrl, "/ingest/message", { ...valid, ...change });
+    const response = await postMessage(fixture.server.baseUrl, { ...valid, ...change });
     expect(response.status).toBe(400);
     expect(response.body).toEqual({ code: "invalid_argument", message });
     expect(await countEvents()).toBe(before);
@@ -180,7 +181,7 @@ describe(`error messages in @grpc/grpc-js (${databaseKind})`, () => {
 
   it("an idempotency conflict, with its ; and ,", async () => {
     const first = { source: "web", sender_id: "grpc-js", content: "one", external_id: "grpc-js-conflict" };
-    expect((await postJson(fixture.server.baseUrl, "/ingest/message", first)).status).toBe(200);
+    expect((await postMessage(fixture.server.baseUrl, first)).status).toBe(200);
     const error = await call({ ...first, content: "two" });
     const connect = createClient(IngestService, createConnectTransport({ baseUrl: fixture.server.baseUrl, httpVersion: "1.1" }));
     const expected = await failure(connect.ingestMessage({ source: "web", senderId: "grpc-js", content: "two", externalId: "grpc-js-conflict" }));

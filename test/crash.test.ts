@@ -6,9 +6,9 @@ import { afterAll, describe, expect, it } from "vitest";
 import { openDatabase, type Database } from "../src/db/database.js";
 import { createTestDatabase, databaseKind } from "./support/database.js";
 import { startService } from "./support/process.js";
-import { postJson } from "./support/server.js";
 import { readMetric } from "./support/metrics.js";
 import { waitFor } from "./support/wait.js";
+import { postMessage } from "./support/ingest.js";
 
 // `kill -9` under load, twice, then a normal restart: every event_id a client
 // was answered with must be in the database afterwards. The concurrent
@@ -32,7 +32,7 @@ function load(baseUrl: string, acknowledged: Set<string>): Promise<void> {
   const client = async () => {
     for (;;) {
       const n = ++sequence;
-      const response = await postJson(baseUrl, "/ingest/message", {
+      const response = await postMessage(baseUrl, {
         source: "whatsapp",
         sender_id: `55219${String(n % 50).padStart(8, "0")}`,
         content: `crash load ${n}`,
@@ -81,7 +81,7 @@ describe(`kill -9 under load (${databaseKind})`, () => {
     const service = await startService(env);
     const exited = new Promise((resolve) => service.child.once("exit", resolve));
     cleanups.push(async () => service.child.kill("SIGKILL"));
-    const after = await postJson(service.baseUrl, "/ingest/message", { source: "web", sender_id: "v", content: "after the crashes", metadata: {} });
+    const after = await postMessage(service.baseUrl, { source: "web", sender_id: "v", content: "after the crashes", metadata: {} });
     expect(after.status).toBe(200);
     service.child.kill("SIGTERM");
     expect(await exited).toBe(0);

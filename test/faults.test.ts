@@ -9,7 +9,7 @@ import { rows as rowsOf } from "./support/rows.js";
 import { postMessage } from "./support/ingest.js";
 import { startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
-import { waitFor } from "./support/wait.js";
+import { sleep, waitFor } from "./support/wait.js";
 
 // The service reaches its database only through a proxy that can cut or
 // silence the connection; the test reads the database directly.
@@ -116,7 +116,7 @@ describe(`database faults (${databaseKind})`, () => {
     );
     await waitFor(() => acknowledged.length >= 10);
     proxy.cut();
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await sleep(300);
     proxy.restore();
     await load;
 
@@ -152,7 +152,7 @@ describe(`database faults (${databaseKind})`, () => {
           const waiting = await admin.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [SERVICE_NAME]);
           if (waiting.rowCount! > 0) break;
           if (waited > 5_000) throw new Error("no batch waited on the locked contact");
-          await new Promise((resolve) => setTimeout(resolve, 10));
+          await sleep(10);
         }
         proxy.cut();
         await admin.query("COMMIT");

@@ -6,11 +6,10 @@ import { FeedHub, type FeedItem, type WatchStart } from "../src/feed/feed-hub.js
 import { comparePositions, FEED_START, type FeedFilters, type FeedPosition } from "../src/feed/position.js";
 import { createLogger } from "../src/observability/logger.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { waitFor } from "./support/wait.js";
+import { sleep, waitFor } from "./support/wait.js";
 
 // How long the randomised model runs; FEED_MODEL_SECONDS=300 for a longer hunt.
 const SECONDS = Number(process.env.FEED_MODEL_SECONDS || 8);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const SOURCES = ["web", "email"];
 
 let database: TestDatabase;

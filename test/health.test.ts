@@ -7,8 +7,9 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../g
 import { openDatabase, type Database } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
 import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
-import { postJson, startTestServer, type TestServer } from "./support/server.js";
+import { startTestServer, type TestServer } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
+import { postMessage } from "./support/ingest.js";
 
 let database: TestDatabase;
 let proxy: TcpProxy;
@@ -97,7 +98,7 @@ describe(`health (${databaseKind})`, () => {
     expect(await eventually(check, (s) => s === ServingStatus.NOT_SERVING)).toBe(ServingStatus.NOT_SERVING);
     expect(await probe("/readyz")).toMatchObject({ status: 503, body: { ready: false, database: "unreachable" } });
     expect((await probe("/healthz")).status).toBe(200);
-    const ingest = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "v1", content: "x", metadata: {} });
+    const ingest = await postMessage(server.baseUrl, { source: "web", sender_id: "v1", content: "x", metadata: {} });
     expect(ingest.body.code).toBe("unavailable");
 
     proxy.restore();

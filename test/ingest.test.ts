@@ -4,8 +4,8 @@ import { describe, expect, it } from "vitest";
 import { IngestEventStatus, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { databaseKind } from "./support/database.js";
 import { count, rows } from "./support/rows.js";
-import { postMessage } from "./support/ingest.js";
-import { postJson, startTestServer, useTestServer } from "./support/server.js";
+import { postJson, postMessage } from "./support/ingest.js";
+import { startTestServer, useTestServer } from "./support/server.js";
 
 // The ingest command's own rules (identity, retries, statuses) are tested in
 // ingest-command.test.ts; these check that requests reach it and its answers

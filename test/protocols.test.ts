@@ -7,6 +7,7 @@ import { createPlaintextServer, type PlaintextServerOptions } from "../src/trans
 import { databaseKind } from "./support/database.js";
 import { rows } from "./support/rows.js";
 import { useTestServer } from "./support/server.js";
+import { sleep } from "./support/wait.js";
 
 const fixture = useTestServer();
 
@@ -61,7 +62,7 @@ async function trickleRelay(target: URL, bytes: number): Promise<{ url: string; 
         let i = 0;
         for (; i < chunk.length && sent < bytes; i++, sent++) {
           upstream.write(chunk.subarray(i, i + 1));
-          await new Promise((resolve) => setTimeout(resolve, 2));
+          await sleep(2);
         }
         if (i < chunk.length) upstream.write(chunk.subarray(i));
       });

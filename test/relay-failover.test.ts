@@ -5,6 +5,7 @@ import { startNats, type TestNats } from "./support/nats.js";
 import { requires } from "./support/requirements.js";
 import { startService } from "./support/process.js";
 import { auditStream, readStream, wholeFeed } from "./support/relay.js";
+import { sleep } from "./support/wait.js";
 
 const STREAM = "FAILOVER_TEST";
 let database: TestDatabase;
@@ -46,7 +47,7 @@ describe.runIf(databaseKind === "postgres" && requires("nats-server"))("two repl
     while (Date.now() < deadline) {
       states = await Promise.all(replicas.map((replica) => relayState(replica.baseUrl)));
       if (states.includes("active") && states.includes("standby")) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
     }
     expect(states.sort()).toEqual(["active", "standby"]);
     for (const replica of replicas) expect(replica.output()).toContain("feed relay on: stream FAILOVER_TEST");
@@ -63,20 +64,20 @@ describe.runIf(databaseKind === "postgres" && requires("nats-server"))("two repl
           body: JSON.stringify({ source: "web", sender_id: `failover-${worker}-${i}`, content: "x", metadata: {} }),
         }).catch(() => undefined);
         if (response?.status === 200) acknowledged.push(((await response.json()) as { event_id: string }).event_id);
-        else await new Promise((resolve) => setTimeout(resolve, 20));
+        else await sleep(20);
       }
     };
     const load = [0, 1, 2, 3].map((worker) => sender(worker % 2 ? active.baseUrl : survivor.baseUrl, worker));
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await sleep(2_000);
 
     active.child.kill("SIGKILL");
     const killedAt = Date.now();
     while ((await relayState(survivor.baseUrl)) !== "active") {
       expect(Date.now() - killedAt).toBeLessThan(5_000);
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await sleep(50);
     }
     const takeoverMs = Date.now() - killedAt;
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await sleep(2_000);
     loading = false;
     await Promise.all(load);
 
@@ -84,7 +85,7 @@ describe.runIf(databaseKind === "postgres" && requires("nats-server"))("two repl
     const waitUntil = Date.now() + 30_000;
     let messages = await readStream(nats.url, STREAM);
     while (messages.length < feed.length && Date.now() < waitUntil) {
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200);
       messages = await readStream(nats.url, STREAM);
     }
     console.log(`acknowledged ${acknowledged.length}; feed ${feed.length}; stream ${messages.length}`);

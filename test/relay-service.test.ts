@@ -9,8 +9,8 @@ import { startService } from "./support/process.js";
 import { readMetric } from "./support/metrics.js";
 import { readStream } from "./support/relay.js";
 import { requires } from "./support/requirements.js";
-import { postJson } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
+import { postMessage } from "./support/ingest.js";
 
 let database: TestDatabase | undefined;
 let dataDir: string | undefined;
@@ -46,7 +46,7 @@ describe.runIf(requires("nats-server"))(`the service with NATS unreachable (${da
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
       const started = Date.now();
-      const { status, body } = await postJson(service.baseUrl, "/ingest/message", { source: "web", sender_id: `offline-${i}`, content: "x", metadata: {} });
+      const { status, body } = await postMessage(service.baseUrl, { source: "web", sender_id: `offline-${i}`, content: "x", metadata: {} });
       expect(status).toBe(200);
       // No publish on the request path: NATS being down costs a request nothing (the ack timeout is 5 s).
       expect(Date.now() - started).toBeLessThan(2_000);

@@ -7,9 +7,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { createTestDatabase, databaseKind, socketAddress, throughProxy, type TestDatabase } from "./support/database.js";
 import { startService } from "./support/process.js";
-import { postJson } from "./support/server.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { waitFor } from "./support/wait.js";
+import { postMessage } from "./support/ingest.js";
 
 // The service runs as a child process over the test's database, reached
 // through a proxy so the test can see when a request has reached the database.
@@ -64,7 +64,7 @@ async function lockEvents(): Promise<{ release(): Promise<void> }> {
 type Send = (baseUrl: string, content: string) => Promise<{ status: string }>;
 
 const overHttp1: Send = async (baseUrl, content) => {
-  const response = await postJson(baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511977771111", content, metadata: {} });
+  const response = await postMessage(baseUrl, { source: "whatsapp", sender_id: "5511977771111", content, metadata: {} });
   if (response.status !== 200) throw new Error(`HTTP ${response.status}`);
   return response.body;
 };

@@ -3,8 +3,8 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
-import { postJson } from "./support/server.js";
 import { runScript, startService } from "./support/process.js";
+import { postMessage } from "./support/ingest.js";
 
 describe("npm start", () => {
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -21,7 +21,7 @@ describe("npm start", () => {
       service.child.kill("SIGKILL");
     });
 
-    const { status, body } = await postJson(service.baseUrl, "/ingest/message", {
+    const { status, body } = await postMessage(service.baseUrl, {
       source: "whatsapp",
       sender_id: "5511999999999",
       content: "teste",

@@ -8,7 +8,8 @@ import { IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { defaultInputLimits, loadConfig, type InputLimits } from "../src/config.js";
 import { databaseKind } from "./support/database.js";
 import { countEvents as countEventsIn, rows } from "./support/rows.js";
-import { postJson, startTestServer, useTestServer, type TestServer } from "./support/server.js";
+import { startTestServer, useTestServer, type TestServer } from "./support/server.js";
+import { postJson, postMessage } from "./support/ingest.js";
 
 const fixture = useTestServer();
 let client: Client<typeof IngestService>;
@@ -67,7 +68,7 @@ describe(`input rules (${databaseKind})`, () => {
     );
     expect(violationsOf(error)).toEqual([[field, rule]]);
 
-    const plain = await postJson(fixture.server.baseUrl, "/ingest/message", snake(request));
+    const plain = await postMessage(fixture.server.baseUrl, snake(request));
     expect(plain.status).toBe(400);
     expect(plain.body.code).toBe("invalid_argument");
     expect(plain.body.message).toContain(field);
@@ -124,7 +125,7 @@ describe(`input rules (${databaseKind})`, () => {
   it("refuses metadata that is not a JSON object, or nests past what the parser takes", async () => {
     const before = await countEvents();
     for (const metadata of ["[]", '"text"', "42", `${'{"a":'.repeat(50_000)}1${"}".repeat(50_000)}`, `{"a":${"[".repeat(200_000)}${"]".repeat(200_000)}}`]) {
-      const response = await postJson(fixture.server.baseUrl, "/ingest/message", `{"source":"web","sender_id":"x","content":"y","metadata":${metadata}}`);
+      const response = await postMessage(fixture.server.baseUrl, `{"source":"web","sender_id":"x","content":"y","metadata":${metadata}}`);
       expect(response.status).toBe(400);
       expect(response.body.code).toBe("invalid_argument");
     }
@@ -149,7 +150,7 @@ describe(`input rules (${databaseKind})`, () => {
     const before = await countEvents();
     const content = "x".repeat(defaultInputLimits.requestMaxBytes);
 
-    const plain = await postJson(fixture.server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content });
+    const plain = await postMessage(fixture.server.baseUrl, { source: "web", sender_id: "x", content });
     expect(plain.status).toBe(413);
     expect(plain.body.code).toBe("resource_exhausted");
 
@@ -172,7 +173,7 @@ describe(`input rules (${databaseKind})`, () => {
     expect(error?.code).toBe(Code.ResourceExhausted);
 
     expect(await countEvents()).toBe(before);
-    const after = await postJson(fixture.server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "still serving" });
+    const after = await postMessage(fixture.server.baseUrl, { source: "web", sender_id: "x", content: "still serving" });
     expect(after.status).toBe(200);
   });
 });
@@ -279,7 +280,7 @@ describe(`configured limits (${databaseKind})`, () => {
   });
 
   it("holds the request body to the configured limit", async () => {
-    const response = await postJson(small.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "y", metadata: { pad: "p".repeat(2048) } });
+    const response = await postMessage(small.baseUrl, { source: "web", sender_id: "x", content: "y", metadata: { pad: "p".repeat(2048) } });
     expect(response.status).toBe(413);
     expect(response.body.message).toContain("2048");
   });
@@ -290,10 +291,10 @@ describe("limits in the configuration", () => {
   it("serves with the limits the configuration reads from the environment", async () => {
     const server = await startTestServer(fixture.database, { limits: loadConfig({ MAX_CONTENT_BYTES: "4" }).limits });
     try {
-      const tooLong = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "12345" });
+      const tooLong = await postMessage(server.baseUrl, { source: "web", sender_id: "x", content: "12345" });
       expect(tooLong.status).toBe(400);
       expect(tooLong.body.message).toContain("content: must be at most 4 bytes");
-      const fits = await postJson(server.baseUrl, "/ingest/message", { source: "web", sender_id: "x", content: "1234" });
+      const fits = await postMessage(server.baseUrl, { source: "web", sender_id: "x", content: "1234" });
       expect(fits.status).toBe(200);
     } finally {
       await server.server.close();

@@ -6,8 +6,10 @@ import { IngestEventKind, type IngestEvent } from "../gen/aurora/crm/v1/ingest_e
 import { databaseKind } from "./support/database.js";
 import { feedClient } from "./support/feed.js";
 import { count, countEvents, rows } from "./support/rows.js";
-import { postJson, startTestServer, useTestServer } from "./support/server.js";
+import { startTestServer, useTestServer } from "./support/server.js";
 import { waitFor } from "./support/wait.js";
+import { postMessage } from "./support/ingest.js";
+import { readMetric } from "./support/metrics.js";
 
 // Meta's WhatsApp Cloud API webhook through the real server and database.
 // Every fixture copies the shape of an example in Meta's webhook reference
@@ -84,12 +86,8 @@ async function inFeed(...externalIds: string[]): Promise<Map<string | undefined,
 }
 const byExternalId = async (externalId: string) => (await inFeed(externalId)).get(externalId);
 
-async function metric(name: string, labels: Record<string, string>): Promise<number> {
-  const text = await (await fetch(`${fixture.server.baseUrl}/metrics`)).text();
-  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && wanted.every((w) => l.includes(w)));
-  return line ? Number(line.split(" ").at(-1)) : 0;
-}
+/** A counter's value in this server's metrics; 0 while nothing was counted. */
+const metric = async (name: string, labels: Record<string, string>) => (await readMetric(fixture.server.baseUrl, name, labels)) ?? 0;
 
 describe(`WhatsApp Cloud API webhook (${databaseKind})`, () => {
   it("answers Meta's subscription handshake with the challenge only for a configured verify token", async () => {
@@ -465,7 +463,7 @@ describe(`WhatsApp Cloud API webhook (${databaseKind})`, () => {
   });
 
   it("resolves the Brazilian number without its ninth digit to the contact of the number with it", async () => {
-    const direct = await postJson(fixture.server.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511987650070", content: "via api" });
+    const direct = await postMessage(fixture.server.baseUrl, { source: "whatsapp", sender_id: "5511987650070", content: "via api" });
     // Shape: "Incoming messages"; a number registered before the ninth digit, as Meta may still send it.
     const body = metaJson(
       envelope({ contacts: [{ profile: { name: "N" }, wa_id: "551187650070" }], messages: [{ from: "551187650070", id: "wamid.eight-digits", timestamp: "1", type: "text", text: { body: "oi" } }] }),
@@ -559,7 +557,7 @@ describe(`WhatsApp Cloud API webhook (${databaseKind})`, () => {
       const body = metaJson(
         envelope({ contacts: [{ profile: { name: "T" }, wa_id: "5511987650090" }], messages: [{ from: "5511987650090", id: "wamid.no-bearer", timestamp: "1", type: "text", text: { body: "conteúdo privado" } }] }),
       );
-      const plain = await postJson(guarded.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511987650090", content: "x" });
+      const plain = await postMessage(guarded.baseUrl, { source: "whatsapp", sender_id: "5511987650090", content: "x" });
 
       expect(plain.status).toBe(401);
       expect((await deliver(body, { baseUrl: guarded.baseUrl })).status).toBe(200);

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { startService } from "./support/process.js";
-import { postJson } from "./support/server.js";
+import { postMessage } from "./support/ingest.js";
 
 // Its configuration rules are checked in config.test.ts.
 describe("WORKERS", () => {
@@ -18,7 +18,7 @@ describe("WORKERS", () => {
 
       const responses = await Promise.all(
         Array.from({ length: 6 }, (_, i) =>
-          postJson(service.baseUrl, "/ingest/message", { source: "whatsapp", sender_id: "5511955554444", content: `m${i}`, metadata: {} }),
+          postMessage(service.baseUrl, { source: "whatsapp", sender_id: "5511955554444", content: `m${i}`, metadata: {} }),
         ),
       );
       expect(responses.map((r) => r.status)).toEqual(Array(6).fill(200));

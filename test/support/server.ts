@@ -114,14 +114,3 @@ export async function startTestServer(database: { sequelize: Sequelize }, option
     },
   };
 }
-
-/** POSTs JSON to a path and returns the status and parsed body. */
-export async function postJson(baseUrl: string, path: string, body: unknown): Promise<{ status: number; body: any }> {
-  const response = await fetch(baseUrl + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: typeof body === "string" ? body : JSON.stringify(body),
-  });
-  const text = await response.text();
-  return { status: response.status, body: text ? JSON.parse(text) : undefined };
-}
