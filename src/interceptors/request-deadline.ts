@@ -18,13 +18,16 @@ export function deadlineInterceptor(timeoutMs: number): Interceptor {
   return (next) => async (request) => {
     // Only unary calls: a stream (a health watch, say) may rightly stay open.
     if (request.stream) return next(request);
-    const deadline = AbortSignal.timeout(timeoutMs);
-    const signal = AbortSignal.any([request.signal, deadline]);
+    // The handler's signal aborts with the error the client gets, so code that reads its reason sees why.
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const deadline = new AbortController();
+    const expired = () => deadline.abort(new DatabaseTimeoutError(timeoutMs, /^(Get|List)[A-Z]/.test(request.method.name)));
+    timeout.addEventListener("abort", expired, { once: true });
+    const signal = AbortSignal.any([request.signal, deadline.signal]);
     try {
       return await abortable(next({ ...request, signal }), signal);
-    } catch (error) {
-      if (deadline.aborted) throw new DatabaseTimeoutError(timeoutMs, /^(Get|List)[A-Z]/.test(request.method.name));
-      throw error;
+    } finally {
+      timeout.removeEventListener("abort", expired);
     }
   };
 }
