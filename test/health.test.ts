@@ -175,3 +175,30 @@ describe("with tokens configured", () => {
     controller.abort();
   });
 });
+
+describe("watches per connection", () => {
+  it("one connection holds at most 10 Health watches; another connection still gets one", async () => {
+    // A server of its own: the one above has begun its shutdown.
+    const fresh = await startTestServer(proxied);
+    const health = createClient(Health, createGrpcTransport({ baseUrl: fresh.baseUrl }));
+    const controller = new AbortController();
+    const open = (client: typeof health) => {
+      const stream = client.watch({ service: "" }, { signal: controller.signal })[Symbol.asyncIterator]();
+      return stream.next().then(
+        () => undefined,
+        (error: unknown) => ConnectError.from(error),
+      );
+    };
+    try {
+      const first = await Promise.all(Array.from({ length: 10 }, () => open(health)));
+      expect(first).toEqual(Array.from({ length: 10 }, () => undefined));
+      const refused = await open(health);
+      expect(refused?.code).toBe(Code.ResourceExhausted);
+      expect(refused?.rawMessage).toMatch(/on this connection/);
+      expect(await open(createClient(Health, createGrpcTransport({ baseUrl: fresh.baseUrl })))).toBeUndefined();
+    } finally {
+      controller.abort();
+      await fresh.server.close(0);
+    }
+  });
+});

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
 import type { DatabaseHealth } from "../db/database-health.js";
-import type { OpenStreams } from "./stream-limits.js";
+import { connectionKey, type OpenStreams } from "./stream-limits.js";
 
 /**
  * `grpc.health.v1.Health` over the database's health: SERVING while the
@@ -25,7 +25,7 @@ export function createHealthService(health: DatabaseHealth, services: string[], 
       // The protocol would keep the stream open in case the service appears
       // later; ours never changes at run time, so the answer is final.
       if (!known.has(request.service)) throw unknown(request.service);
-      const signal = streams.open(context.signal);
+      const signal = streams.open(context.signal, context.values.get(connectionKey));
       let last: boolean | undefined;
       for await (const serving of health.watch(signal)) yield { status: status((last = serving)) };
       // Ended by shutdown while the client still listens: its last word is NOT_SERVING.

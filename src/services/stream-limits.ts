@@ -1,4 +1,10 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey } from "@connectrpc/connect";
+
+/** The connection a call came on (an HTTP/2 session or a socket), set by the transport: streams are capped per connection too. */
+export const connectionKey = createContextKey<object | undefined>(undefined, { description: "the call's connection" });
+
+/** Streams one connection may hold open at once, so one client cannot take every slot. */
+export const MAX_STREAMS_PER_CONNECTION = 10;
 
 /**
  * The long-lived streams of one process (every kind of Watch): how many may
@@ -24,9 +30,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 export class OpenStreams {
   private readonly stopping = new AbortController();
   private count = 0;
+  private readonly perConnection = new WeakMap<object, number>();
 
-  /** `max`: streams open at once; 0 refuses every stream. */
-  constructor(private readonly max: number) {}
+  /** `max`: streams open at once; 0 refuses every stream. `maxPerConnection`: on one connection. */
+  constructor(
+    private readonly max: number,
+    private readonly maxPerConnection = MAX_STREAMS_PER_CONNECTION,
+  ) {}
 
   /** How many streams are open now. */
   get active(): number {
@@ -37,14 +47,26 @@ export class OpenStreams {
    * Takes a slot for a stream whose call is `signal`, or throws: returns a
    * signal that aborts when that call ends or the server shuts down.
    */
-  open(signal: AbortSignal): AbortSignal {
+  open(signal: AbortSignal, connection?: object): AbortSignal {
     if (this.stopping.signal.aborted) throw new ConnectError("the server is shutting down", Code.Unavailable);
     if (this.count >= this.max) {
       throw new ConnectError(`too many open streams (at most ${this.max}); retry later`, Code.ResourceExhausted);
     }
+    const onConnection = connection ? (this.perConnection.get(connection) ?? 0) : 0;
+    if (connection && onConnection >= this.maxPerConnection) {
+      throw new ConnectError(`too many open streams on this connection (at most ${this.maxPerConnection})`, Code.ResourceExhausted);
+    }
     const ends = AbortSignal.any([signal, this.stopping.signal]);
     this.count++;
-    ends.addEventListener("abort", () => this.count--, { once: true });
+    if (connection) this.perConnection.set(connection, onConnection + 1);
+    ends.addEventListener(
+      "abort",
+      () => {
+        this.count--;
+        if (connection) this.perConnection.set(connection, (this.perConnection.get(connection) ?? 1) - 1);
+      },
+      { once: true },
+    );
     return ends;
   }
 

@@ -12,6 +12,7 @@ import type { Logger } from "../observability/logger.js";
 import type { Metrics } from "../observability/metrics.js";
 import { createRequestObserver, observedRequest, REQUEST_ID_HEADER } from "../observability/request-observer.js";
 import type { Tracing } from "../observability/tracing.js";
+import { connectionKey } from "../services/stream-limits.js";
 import { createTokenCheck, refusal, type ApiTokens } from "./auth.js";
 import { acceptedCompressions } from "./compression.js";
 import { answerEarly } from "./early-answers.js";
@@ -75,7 +76,8 @@ export function createRequestHandler(options: RequestHandlerOptions): (req: Requ
   const adapterOptions = {
     acceptCompression: acceptedCompressions,
     interceptors,
-    contextValues: observer.contextValues,
+    // The connection, so streaming calls can be capped per connection (stream-limits.ts).
+    contextValues: (req: Request) => observer.contextValues(req).set(connectionKey, "stream" in req ? req.stream.session : req.socket),
     // readMaxBytes refuses a larger body, or one that decompresses larger, before it is parsed (resource_exhausted).
     readMaxBytes: limits.requestMaxBytes,
   };
