@@ -26,10 +26,16 @@ describe(`resuming a watch (${databaseKind})`, () => {
         return server;
       };
       let server = await start();
-      // The listing so far, and the token to watch from right after it.
-      const page = await feedClient(feedTransports["gRPC"](server.baseUrl)).listIngestEvents({ pageSize: 1000 });
-      expect(page.nextPageToken).toBe("");
-      const before = page.ingestEvents.map((event) => event.id);
+      // The listing so far (earlier transports' runs may have filled several pages), and the token
+      // to watch from right after its last page.
+      const before: string[] = [];
+      let page;
+      let pageToken = "";
+      do {
+        page = await feedClient(feedTransports["gRPC"](server.baseUrl)).listIngestEvents({ pageSize: 1000, pageToken });
+        before.push(...page.ingestEvents.map((event) => event.id));
+        pageToken = page.nextPageToken;
+      } while (pageToken);
 
       // Messages keep arriving through whichever server is up.
       let ingesting = true;
