@@ -285,7 +285,8 @@ async function runFeed(
   try {
     process.stdout.write("bench: feed list pages ... ");
     const list = await listPageLatency(server.baseUrl, API_TOKEN, databaseUrl, 200);
-    console.log(`${list.events} events stored, page of 100 p50 ${list.p50.toFixed(1)} ms, p99 ${list.p99.toFixed(1)} ms`);
+    console.log(`${list.events} events stored, page of 100 p50 ${list.p50.toFixed(1)} ms, p99 ${list.p99.toFixed(1)} ms; ` +
+      `filtered page matching nothing p50 ${list.filtered.p50.toFixed(1)} ms, max ${list.filtered.max.toFixed(1)} ms`);
     process.stdout.write(`bench: feed watch latency at ${options.feedRate} events/s ... `);
     const latency = await watchLatency(server.baseUrl, API_TOKEN, databaseUrl, options.feedRate, options.durationS * 1000);
     const ms = (q: { p50: number; p99: number }) => `p50 ${q.p50.toFixed(1)} ms, p99 ${q.p99.toFixed(1)} ms`;

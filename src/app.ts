@@ -16,6 +16,7 @@ import { createMetrics, type Metrics } from "./observability/metrics.js";
 import type { Tracing } from "./observability/tracing.js";
 import { readDigestKey } from "./privacy/digest-key.js";
 import { ErasureRunner } from "./privacy/erase-subject.js";
+import { registerPrivacyMetrics } from "./privacy/privacy-metrics.js";
 import { routeTable, type RouteDependencies } from "./routes.js";
 import { OpenStreams } from "./services/stream-limits.js";
 import { buildServer, type IngestServer } from "./transport/server.js";
@@ -65,6 +66,7 @@ export async function createApp(config: Config, { sequelize, log, tracing, tunin
   });
   const metrics = createMetrics(new Registry(), sequelize);
   registerFeedMetrics(metrics.registry, { sequelize, feedHub });
+  registerPrivacyMetrics(metrics.registry, sequelize);
   const relay = config.relay ? createFeedRelay(config.relay, { sequelize, databaseUrl: config.databaseUrl, log, registry: metrics.registry }) : undefined;
   const streams = new OpenStreams(config.serverLimits.maxOpenWatches);
   const digestKey = await readDigestKey(sequelize);

@@ -13,6 +13,7 @@ import { readDigestKey, senderStreamToken } from "../src/privacy/digest-key.js";
 import { ErasureRunner, startErasure, startRetention } from "../src/privacy/erase-subject.js";
 import { createTestDatabase, databaseKind, type TestDatabase } from "./support/database.js";
 import { openWatch, type OpenWatch } from "./support/feed.js";
+import { readMetric } from "./support/metrics.js";
 import { locateProgram, requires } from "./support/requirements.js";
 import { rows } from "./support/rows.js";
 import { startTestServer, useTestServer, type TestServer } from "./support/server.js";
@@ -84,6 +85,9 @@ async function seedPerson(secret: string) {
   };
 }
 
+const privacyMetric = (name: string, kind?: string) =>
+  readMetric(fixture.server.baseUrl, `aurora_ingest_privacy_${name}`, kind ? { kind } : {}, { authorization: `Bearer ${feedToken}` });
+
 async function eraseAndWait(subject: { contactIds?: string[]; senders?: Array<{ source: string; senderId: string }> }, server = fixture.server) {
   const { privacyRequest } = await privacy(server).eraseSubjectData({ subject });
   await server.erasures.idle();
@@ -105,9 +109,12 @@ describe(`erasure through the privacy API (${databaseKind})`, () => {
     const other = await ingest({ source: "web", senderId: "someone-else", content: "not erased" });
     const before = await eventRows(person.eventIds);
     const key = await readDigestKey(fixture.database.sequelize);
+    const erasedBefore = await privacyMetric("events_erased", "ERASURE");
 
     const { started, done } = await eraseAndWait(person.subject);
     expect(started.kind).toBe(PrivacyRequestKind.ERASURE);
+    expect(await privacyMetric("events_erased", "ERASURE")).toBe(erasedBefore! + 5);
+    expect(await privacyMetric("jobs_running", "ERASURE")).toBe(0);
     expect(done).toMatchObject({ id: started.id, kind: PrivacyRequestKind.ERASURE, state: PrivacyRequestState.DONE, requestedBy: "dpo" });
     expect(done).toMatchObject({ ingestEvents: 5n, contacts: 2n, deals: 0n, subjectContacts: 1, subjectSenders: 2, subjectSources: ["web", "whatsapp"] });
     expect(done.erasureEventId).toMatch(/^[0-9a-f-]{36}$/);
@@ -341,8 +348,14 @@ describe(`retention (${databaseKind})`, () => {
     expect(first).toBeDefined();
     // One run at a time, whichever replica asks.
     expect(await startRetention(fixture.database.sequelize, 30)).toBeUndefined();
+    // Its progress is in /metrics, read from the job table, on every replica.
+    const erasedBefore = await privacyMetric("events_erased", "RETENTION");
+    expect(await privacyMetric("jobs_running", "RETENTION")).toBe(1);
+    expect(await privacyMetric("oldest_running_job_seconds")).toBeGreaterThanOrEqual(0);
     runner.wake();
     await runner.idle();
+    expect(await privacyMetric("jobs_running", "RETENTION")).toBe(0);
+    expect(await privacyMetric("oldest_running_job_seconds")).toBe(0);
 
     const [erased] = await eventRows([old.eventId]);
     expect(erased).toMatchObject({ content: "", sender_id: "old-visitor", trace_parent: null, metadata: { erased: "RETENTION", privacy_request_id: first } });
@@ -350,6 +363,7 @@ describe(`retention (${databaseKind})`, () => {
     const record = (await privacy().getPrivacyRequest({ id: first! })).privacyRequest!;
     expect(record).toMatchObject({ kind: PrivacyRequestKind.RETENTION, state: PrivacyRequestState.DONE, requestedBy: "retention" });
     expect(record.ingestEvents).toBeGreaterThanOrEqual(1n);
+    expect(await privacyMetric("events_erased", "RETENTION")).toBe(erasedBefore! + Number(record.ingestEvents));
     const [event] = await eventRows([record.erasureEventId]);
     expect(event).toMatchObject({ kind: "ERASURE", source: "privacy", metadata: { reason: "RETENTION", privacy_request_id: first } });
 

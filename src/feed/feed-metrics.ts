@@ -6,7 +6,7 @@ import { FEED_HORIZON } from "./horizon.js";
 /**
  * The feed's gauges: watch streams open here, and its lag, read from the
  * database when scraped. The feed delivers an event once every transaction
- * older than its own has ended, anywhere in the database cluster: one long or
+ * older than its own that may write to this database has ended: one long or
  * idle-in-transaction session holds every event behind it (docs/feed.md, "A
  * stalled feed").
  */
