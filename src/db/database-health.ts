@@ -4,6 +4,7 @@ import type { Sequelize } from "sequelize-typescript";
 import { createMigrator, SCHEMA_MIGRATIONS_TABLE } from "./migrator.js";
 import { abortable } from "../abortable.js";
 import type { Logger } from "../observability/logger.js";
+import { sqlState } from "./sql-state.js";
 
 export interface DatabaseHealthOptions {
   sequelize: Sequelize;
@@ -155,11 +156,6 @@ export class DatabaseHealth {
     this.last = { at: Date.now(), answers, applied };
     return this.last;
   }
-}
-
-function sqlState(error: unknown): string | undefined {
-  const original = (error as { original?: { code?: unknown } }).original;
-  return typeof original?.code === "string" ? original.code : undefined;
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

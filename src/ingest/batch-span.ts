@@ -1,7 +1,7 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Link, type Span } from "@opentelemetry/api";
 import type { Sequelize } from "sequelize-typescript";
 import type { Tracing } from "../observability/tracing.js";
-import { sqlState } from "./errors.js";
+import { sqlState } from "../db/sql-state.js";
 
 /** Named as OpenTelemetry's database conventions name a statement: operation, then the table. */
 export const BATCH_SPAN_NAME = "INSERT crm_ingest_events";

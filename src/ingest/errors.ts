@@ -1,4 +1,5 @@
 import { DatabaseError } from "sequelize";
+import { sqlState } from "../db/sql-state.js";
 
 /**
  * A retry named an external_id that is already stored for its source, but
@@ -11,12 +12,6 @@ export class DuplicateConflictError extends Error {
   constructor() {
     super("external_id is already stored for this source for another message; send a new external_id for a new message");
   }
-}
-
-/** The SQLSTATE of a database error (`23505`, `40P01`, …), or "" for any other error. */
-export function sqlState(error: unknown): string {
-  const code = (error as { original?: { code?: unknown } } | undefined)?.original?.code;
-  return typeof code === "string" ? code : "";
 }
 
 /**

@@ -1,16 +1,13 @@
 import { isMessage } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ingestResultKey, requestTraceKey } from "../context-keys.js";
 import { maskSenderId } from "../observability/logger.js";
-import { observedRequest } from "../observability/request-observer.js";
+import { isServerFault, observedRequest } from "../observability/request-observer.js";
 import type { Tracing } from "../observability/tracing.js";
-
-/** Codes that mean the server failed; only these mark a server span as an error (OpenTelemetry's gRPC conventions). */
-const SERVER_FAULTS = new Set([Code.Unknown, Code.DeadlineExceeded, Code.Unimplemented, Code.Internal, Code.Unavailable, Code.DataLoss]);
 
 /**
  * One server span per RPC, a child of the caller's `traceparent`, named by
@@ -90,6 +87,6 @@ function end(span: Span, grpc: boolean, error: unknown): void {
   const code = error === undefined ? undefined : ConnectError.from(error).code;
   if (grpc) span.setAttribute("rpc.grpc.status_code", code ?? 0);
   else if (code !== undefined) span.setAttribute("rpc.connect_rpc.error_code", codeToString(code));
-  if (code !== undefined && SERVER_FAULTS.has(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: codeToString(code) });
+  if (code !== undefined && isServerFault(code)) span.setStatus({ code: SpanStatusCode.ERROR, message: codeToString(code) });
   span.end();
 }

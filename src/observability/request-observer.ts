@@ -2,8 +2,8 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { isMessage } from "@bufbuild/protobuf";
-import { ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
-import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { Code, ConnectError, createContextKey, createContextValues, type ContextValues, type Interceptor } from "@connectrpc/connect";
+import { codeFromString, codeToString } from "@connectrpc/connect/protocol-connect";
 import { IngestMessageRequestSchema } from "../../gen/aurora/crm/v1/ingest_service_pb.js";
 import { feedReadKey, ingestResultKey, requestLoggerKey } from "../context-keys.js";
 import { maskSenderId, type Logger } from "./logger.js";
@@ -35,8 +35,13 @@ export function observedRequest(values: ContextValues): Pick<RequestRecord, "id"
   return values.get(requestRecordKey);
 }
 
-/** Codes that mean the service, not the caller, has a problem: logged as warnings. */
-const SERVER_FAULTS = new Set(["unknown", "internal", "unavailable", "data_loss", "deadline_exceeded"]);
+/**
+ * Codes that mean the server failed (OpenTelemetry's gRPC conventions): such
+ * a request is logged as a warning, and its server span marked as an error.
+ */
+const SERVER_FAULTS = new Set([Code.Unknown, Code.DeadlineExceeded, Code.Unimplemented, Code.Internal, Code.Unavailable, Code.DataLoss]);
+
+export const isServerFault = (code: Code | undefined): boolean => code !== undefined && SERVER_FAULTS.has(code);
 
 export interface RequestObserverOptions {
   logger: Logger;
@@ -109,7 +114,7 @@ export function createRequestObserver(options: RequestObserverOptions): RequestO
 
         // Refused strangers are counted, not logged at info: a flood of them must not flood the logs.
         const refused = code === "unauthenticated" || res.statusCode === 401;
-        const level = quiet.has(label) || refused ? "debug" : SERVER_FAULTS.has(code) || res.statusCode >= 500 ? "warn" : "info";
+        const level = quiet.has(label) || refused ? "debug" : isServerFault(codeFromString(code)) || res.statusCode >= 500 ? "warn" : "info";
         const method = bounded(req.method ?? "", 16);
         const shownPath = procedure || route === path ? path : bounded(path, 100);
         // The request's own line needs no child logger: it names the request id itself.
