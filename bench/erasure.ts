@@ -9,9 +9,15 @@
  * steady concurrency, first alone for a baseline, then while the erasure
  * job runs; each phase prints its messages per second and p50/p99 latency,
  * and the erasure its duration.
+ *
+ * `INGEST_RATE=n` sends n messages per second instead (an open loop: each
+ * latency counts from the message's due time, so a stall is not hidden by
+ * loops that wait), for the effect below saturation; about half the
+ * closed-loop baseline's rate is the service's working range.
  */
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
@@ -22,6 +28,7 @@ import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
 
 const events = Number(process.argv[2] ?? 100_000);
 const concurrency = 32;
+const rate = Number(process.env.INGEST_RATE || 0);
 const serverUrl = process.env.BENCH_DATABASE_URL || process.env.DATABASE_URL || "";
 if (!/^postgres(ql)?:\/\//.test(serverUrl)) throw new Error("set BENCH_DATABASE_URL to a postgres:// server whose role may CREATE DATABASE");
 
@@ -51,21 +58,36 @@ try {
   const key = await readDigestKey(sequelize);
   const ingest = createIngestMessage({ sequelize, defaultPhoneRegion: "BR", digestKey: key });
   let sent = 0;
-  /** Ingests from `concurrency` loops until `until` resolves; latencies in ms. */
+  const send = () => ingest({ source: "web", senderId: `load-${sent % 1000}`, content: `load ${sent++}`, metadata: {}, externalId: `load-${randomBytes(8).toString("hex")}` });
+  /** Ingests until `until` resolves, from `concurrency` loops or at `rate`; latencies in ms. */
   const load = async (until: Promise<unknown>) => {
     let done = false;
     void until.then(() => (done = true));
     const latencies: number[] = [];
     const started = performance.now();
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        while (!done) {
-          const at = performance.now();
-          await ingest({ source: "web", senderId: `load-${sent % 1000}`, content: `load ${sent++}`, metadata: {}, externalId: `load-${randomBytes(8).toString("hex")}` });
-          latencies.push(performance.now() - at);
-        }
-      }),
-    );
+    if (rate > 0) {
+      const inFlight = new Set<Promise<void>>();
+      for (let i = 0; !done; i++) {
+        const due = started + (i * 1000) / rate;
+        if (due > performance.now()) await sleep(due - performance.now());
+        const sending: Promise<void> = send().then(() => {
+          latencies.push(performance.now() - due);
+          inFlight.delete(sending);
+        });
+        inFlight.add(sending);
+      }
+      await Promise.all(inFlight);
+    } else {
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (!done) {
+            const at = performance.now();
+            await send();
+            latencies.push(performance.now() - at);
+          }
+        }),
+      );
+    }
     latencies.sort((a, b) => a - b);
     const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))].toFixed(1);
     return `${(latencies.length / ((performance.now() - started) / 1000)).toFixed(0)} msg/s, p50 ${at(0.5)} ms, p99 ${at(0.99)} ms`;

@@ -80,7 +80,9 @@ describe(`the feed's store (${databaseKind})`, () => {
     expect(page.position).toEqual(all[1].position);
     expect(page.more).toBe(true);
     const empty = await readFeed(database.sequelize, { after: all.at(-1)!.position, limit: 2 });
-    expect(empty).toEqual({ events: [], position: all.at(-1)!.position, more: false });
+    expect(empty).toMatchObject({ events: [], position: all.at(-1)!.position, more: false });
+    // Nothing runs: the horizon is past every event, and it is what the read used.
+    expect(comparePositions(empty.horizon, all.at(-1)!.position)).toBeGreaterThan(0);
     // A byte budget ends the read early, after at least one event.
     const weights = all.map((event) => event.bytes!);
     const budgeted = await readFeed(database.sequelize, { after: null, limit: 1000, maxBytes: weights[0] + weights[1] + weights[2] - 1 });
@@ -153,7 +155,7 @@ describe(`the feed's store (${databaseKind})`, () => {
     const all = (await readFeed(database.sequelize, { after: null, limit: 100_000 })).events;
     expect(all.length).toBeGreaterThan(2_000);
     const page = await readFeed(database.sequelize, { after: null, limit: 100, maxScan: 500, filters: { source: "email" } });
-    expect(page).toEqual({ events: [], position: all[499].position, more: true });
+    expect(page).toMatchObject({ events: [], position: all[499].position, more: true });
     const next = await readFeed(database.sequelize, { after: page.position, limit: 100, maxScan: 500, filters: { source: "web" } });
     expect(next.events.map((event) => event.id)).toEqual(all.slice(500, 600).map((event) => event.id));
     const [row] = await database.sequelize.query<{ "QUERY PLAN": unknown }>(`EXPLAIN (ANALYZE, FORMAT JSON) ${READ_FEED}`, {

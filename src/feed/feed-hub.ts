@@ -2,7 +2,7 @@ import type { Sequelize } from "sequelize-typescript";
 import { FeedClosedError, FeedWatchLimitError } from "./errors.js";
 import type { Logger } from "../observability/logger.js";
 import type { FeedNotifier } from "./feed-notifier.js";
-import { comparePositions, laterPosition, type FeedFilters, type FeedPosition } from "./position.js";
+import { comparePositions, earlierPosition, laterPosition, type FeedFilters, type FeedPosition } from "./position.js";
 import { currentFeedPosition, readFeed, type FeedEvent } from "./read-feed.js";
 
 export interface FeedHubOptions {
@@ -149,14 +149,16 @@ export class FeedHub implements FeedNotifier {
           items = fromBuffer.map((event) => ({ event, position: event.position }));
         } else {
           // Behind the buffer: read on our own, within the read budget. A
-          // read that stopped at neither its limit nor its budget holds every
-          // deliverable event, so everything up to the poll's tail as it
-          // was before the read has been seen.
+          // read that stopped at neither its limit nor its budget saw every
+          // event before its horizon, so it has seen everything up to the
+          // poll's tail as it was before the read, or up to its horizon when
+          // that is lower: a horizon can dip below an earlier read's when
+          // another database's transaction ends during the read (docs/feed.md).
           const tailBefore = this.tail!;
           const page = await readFeed(this.sequelize, { after: position, limit: PAGE, maxBytes: this.readMaxBytes, maxScan: this.readMaxScan, filters });
           items = page.events.map((event) => ({ event, position: event.position }));
           // (A filtered read that reached its scan bound ends after its last match.)
-          items.push({ position: page.more ? page.position : laterPosition(page.position, tailBefore) });
+          items.push({ position: page.more ? page.position : laterPosition(page.position, earlierPosition(tailBefore, page.horizon)) });
         }
         for (const item of items) {
           position = laterPosition(position, item.position);

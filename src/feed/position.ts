@@ -26,6 +26,11 @@ export function laterPosition(a: FeedPosition, b: FeedPosition): FeedPosition {
   return comparePositions(a, b) >= 0 ? a : b;
 }
 
+/** The earlier of two positions. */
+export function earlierPosition(a: FeedPosition, b: FeedPosition): FeedPosition {
+  return comparePositions(a, b) <= 0 ? a : b;
+}
+
 /** What tokens are bound to: this database's random id and the key that signs them (crm_feed_identity). */
 export interface FeedIdentity {
   databaseId: string;

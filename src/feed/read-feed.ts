@@ -55,6 +55,12 @@ export interface FeedPage {
   position: FeedPosition;
   /** The read stopped at its limit, its byte budget or its scan bound: more events may follow `position` now. */
   more: boolean;
+  /**
+   * The horizon this read used (FEED_HORIZON): when `more` is false, it saw
+   * every event before this position. It can be lower than an earlier
+   * read's (docs/feed.md, "The horizon"), never higher than what is safe.
+   */
+  horizon: FeedPosition;
 }
 
 /**
@@ -74,7 +80,7 @@ export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): 
   const after = options.after ?? FEED_START;
   const filters = options.filters ?? {};
   const filtered = filters.source !== undefined || filters.contactId !== undefined || filters.status !== undefined;
-  const rows = await select<(EventRow & { bytes: number; found: string; scan_end: string | null }) | { id: null; scan_end: string | null }>(
+  const rows = await select<(EventRow & { bytes: number; found: string; scan_end: string | null; horizon: string }) | { id: null; scan_end: string | null; horizon: string }>(
     sequelize,
     READ_FEED,
     [
@@ -90,15 +96,17 @@ export async function readFeed(sequelize: Sequelize, options: ReadFeedOptions): 
     ],
   );
   const events = rows.flatMap((row) => (row.id === null ? [] : [{ ...toFeedEvent(row), bytes: Number(row.bytes) }]));
-  const found = Number((rows[0] as { found?: string } | undefined)?.found ?? 0);
-  if (found === options.limit || events.length < found) return { events, position: events.at(-1)!.position, more: true };
+  const found = Number((rows[0] as { found?: string }).found ?? 0);
+  // Events start at feed_seq 1, so (horizon, 0) comes before every event of the horizon's transaction.
+  const horizon = { xid: BigInt(rows[0].horizon), seq: 0n };
+  if (found === options.limit || events.length < found) return { events, position: events.at(-1)!.position, more: true, horizon };
   // Every match of the scan was returned; a scan that reached its bound continues after its last row.
-  const scanEnd = rows[0]?.scan_end;
+  const scanEnd = rows[0].scan_end;
   if (scanEnd) {
     const [xid, seq] = scanEnd.split("/");
-    return { events, position: { xid: BigInt(xid), seq: BigInt(seq) }, more: true };
+    return { events, position: { xid: BigInt(xid), seq: BigInt(seq) }, more: true, horizon };
   }
-  return { events, position: events.at(-1)?.position ?? after, more: false };
+  return { events, position: events.at(-1)?.position ?? after, more: false, horizon };
 }
 
 /**
@@ -144,12 +152,12 @@ const EVENT_BYTES = "octet_length(content) + octet_length(metadata::text) + 4096
  * null); `found` is how many matched within the limit; the page is cut where
  * their running size passes the budget ($7), after the first event.
  * `scan_end` is the position of the $8th event of the range, when a filtered
- * scan is bounded and reached it (read only then). One row with a null id when
- * no event is returned.
+ * scan is bounded and reached it (read only then); `horizon` is the horizon
+ * the read used. One row with a null id when no event is returned.
  */
 export const READ_FEED = `
     WITH horizon AS MATERIALIZED (SELECT ${FEED_HORIZON} AS xid)
-    SELECT ${FEED_EVENT_COLUMNS}, bytes, found, ends.scan_end FROM (
+    SELECT ${FEED_EVENT_COLUMNS}, bytes, found, ends.scan_end, (SELECT xid::text FROM horizon) AS horizon FROM (
       SELECT CASE WHEN $8::bigint IS NOT NULL AND NOT ($4::text IS NULL AND $5::uuid IS NULL AND $6::text IS NULL) THEN (
         SELECT feed_xid::text || '/' || feed_seq::text FROM crm_ingest_events
         WHERE (feed_xid, feed_seq) > ($1::xid8, $2::bigint) AND feed_xid < (SELECT xid FROM horizon)
