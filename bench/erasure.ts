@@ -17,7 +17,6 @@
  */
 import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { openDatabase } from "../src/db/database.js";
 import { createMigrator } from "../src/db/migrator.js";
@@ -25,6 +24,7 @@ import { createIngestMessage } from "../src/ingest/ingest-message.js";
 import { createLogger } from "../src/observability/logger.js";
 import { readDigestKey } from "../src/privacy/digest-key.js";
 import { ErasureRunner, startErasure } from "../src/privacy/erase-subject.js";
+import { openLoop } from "./open-loop.js";
 
 const events = Number(process.argv[2] ?? 100_000);
 const concurrency = 32;
@@ -66,17 +66,10 @@ try {
     const latencies: number[] = [];
     const started = performance.now();
     if (rate > 0) {
-      const inFlight = new Set<Promise<void>>();
-      for (let i = 0; !done; i++) {
-        const due = started + (i * 1000) / rate;
-        if (due > performance.now()) await sleep(due - performance.now());
-        const sending: Promise<void> = send().then(() => {
-          latencies.push(performance.now() - due);
-          inFlight.delete(sending);
-        });
-        inFlight.add(sending);
-      }
-      await Promise.all(inFlight);
+      await openLoop(rate, started, () => !done, async (due) => {
+        await send();
+        latencies.push(performance.now() - due);
+      });
     } else {
       await Promise.all(
         Array.from({ length: concurrency }, async () => {

@@ -24,6 +24,7 @@ import { create, fromBinary, toBinary, type JsonObject } from "@bufbuild/protobu
 import pg from "pg";
 import { IngestMessageRequestSchema, IngestMessageResponseSchema, IngestService } from "../gen/aurora/crm/v1/ingest_service_pb.js";
 import { floorIngest } from "./floor.js";
+import { openLoop } from "./open-loop.js";
 import { messageSource, type Message } from "./traffic.js";
 
 export type LoadMode = "grpc" | "connect" | "route" | "sql" | "bare" | "bare-connect" | "bare-grpc" | "whatsapp" | "whatsapp-10";
@@ -124,21 +125,6 @@ async function main(plan: LoadPlan): Promise<void> {
   const warm = setTimeout(measuring, plan.warmupMs);
   const stop = setTimeout(stopped, plan.warmupMs + plan.durationMs);
 
-  /** Open loop: the i-th request is due at start + i / rate, and is sent then (or at once, when the generator is late). */
-  const openLoop = async (rate: number) => {
-    const inFlight = new Set<Promise<void>>();
-    for (let i = 0; ; i++) {
-      const due = start + (i * 1000) / rate;
-      if (due >= stopAt) break;
-      const wait = due - performance.now();
-      // A late generator sends at once, but still lets answers in between.
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      else if (i % 16 === 0) await new Promise(setImmediate);
-      const request = one(due, true).finally(() => inFlight.delete(request));
-      inFlight.add(request);
-    }
-    await Promise.all(inFlight);
-  };
   /** Sends one request due at `t0`; counted when due in the window (open loop) or when sent and answered in it (closed loop). */
   const one = async (t0: number, open: boolean) => {
     const messages = Array.from({ length: perRequest }, next);
@@ -170,7 +156,7 @@ async function main(plan: LoadPlan): Promise<void> {
   const loop = async () => {
     while (performance.now() < stopAt) await one(performance.now(), false);
   };
-  if (plan.rate) await openLoop(plan.rate);
+  if (plan.rate) await openLoop(plan.rate, start, (due) => due < stopAt, (due) => one(due, true));
   else await Promise.all(Array.from({ length: plan.concurrency }, loop));
   clearTimeout(warm);
   clearTimeout(stop);
